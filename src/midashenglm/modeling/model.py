@@ -1,0 +1,172 @@
+"""MiDashengLM: Dasheng encoder -> 5 Hz projector -> any transformers causal LM.
+
+Attribute names are the published checkpoint's key prefixes: ``audio_encoder``,
+``audio_projector``, ``decoder`` (``decoder.model.*``, ``decoder.lm_head.weight``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+
+from midashenglm.modeling.config import MiDashengLMConfig, decoder_config
+from midashenglm.modeling.encoder import DashengEncoder
+from midashenglm.modeling.projector import AudioProjector
+from midashenglm.processing import num_audio_tokens
+
+
+class MiDashengLM(PreTrainedModel):
+    config_class = MiDashengLMConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config: MiDashengLMConfig) -> None:
+        super().__init__(config)
+        enc = config.audio_encoder_config
+        self.audio_encoder = DashengEncoder(enc)
+        self.audio_projector = AudioProjector(
+            enc.embed_dim, config.text_config.hidden_size, config.subsample_factor
+        )
+        self.decoder = AutoModelForCausalLM.from_config(decoder_config(config.text_config))
+        self.generation_config = GenerationConfig.from_model_config(config.text_config)
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Sub-modules initialise themselves when built (Dasheng's scheme for the
+        # encoder, the decoder's own scheme for the decoder); nothing to redo here.
+        return
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> MiDashengLM:  # type: ignore[override]
+        """Load a checkpoint in the published layout (folder or Hub id). See ``checkpoint.load_pretrained``."""
+        from midashenglm.checkpoint import load_pretrained
+
+        return load_pretrained(path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:  # type: ignore[override]
+        """Write the published layout (config.json, sharded safetensors + index, generation config)."""
+        from midashenglm.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    # -------------------------------------------------------------- embeddings
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.decoder.set_input_embeddings(value)
+
+    def audio_token_counts(self, audio_length: torch.Tensor) -> list[int]:
+        enc = self.config.audio_encoder_config
+        return [
+            num_audio_tokens(
+                int(n),
+                hop_length=enc.hop_length,
+                patch_stride=enc.patch_stride[1],
+                subsample_factor=self.config.subsample_factor,
+                min_samples=0,
+            )
+            for n in audio_length
+        ]
+
+    def encode_audio(
+        self, input_values: torch.Tensor, audio_length: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """One (tokens, hidden) tensor of decoder embeddings per clip."""
+        if input_values.ndim == 1:
+            input_values = input_values.unsqueeze(0)
+        if audio_length is None:
+            audio_length = torch.full((input_values.shape[0],), input_values.shape[1])
+        features, mask = self.audio_encoder(input_values, audio_length)
+        embeds, _ = self.audio_projector(features, mask)
+        counts = self.audio_token_counts(audio_length)
+        if max(counts) > embeds.shape[1]:
+            raise ValueError(
+                f"a clip of {int(audio_length[counts.index(max(counts))])} samples needs "
+                f"{max(counts)} audio tokens but the encoder gave {embeds.shape[1]}; "
+                "clips must hold at least 3200 samples (the processor pads them)"
+            )
+        return [embeds[i, :n] for i, n in enumerate(counts)]
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        input_values: torch.Tensor | None = None,
+        audio_length: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the audio embeddings placed at the ``<|AUDIO|>`` positions, in order."""
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = input_ids == self.config.audio_token_id
+        num_slots = int(slots.sum())
+        if input_values is None:
+            if num_slots:
+                raise ValueError(
+                    f"the prompt holds {num_slots} audio placeholder token(s) but no audio was given"
+                )
+            return embeds
+        audio = torch.cat(self.encode_audio(input_values.to(embeds.device), audio_length))
+        if audio.shape[0] != num_slots:
+            raise ValueError(
+                f"the prompt holds {num_slots} audio placeholder token(s) but the "
+                f"{input_values.shape[0]} clip(s) give {audio.shape[0]} audio embeddings; "
+                "build inputs with MiDashengLMProcessor so the counts agree"
+            )
+        return embeds.masked_scatter(slots.unsqueeze(-1), audio.to(embeds.dtype))
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        audio_length: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Decoder outputs (``logits``, ``loss`` when ``labels`` are given, the KV cache).
+
+        Extra keyword arguments (``use_cache``, the cache object, ...) go to the decoder.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.embed(input_ids, input_values, audio_length)
+        cached = kwargs.get("cache", kwargs.get("past_key_values")) is not None
+        if position_ids is None and attention_mask is not None and not cached:
+            # Left padding must not shift positions: count them from each row's first token.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        audio_length: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate with the decoder's ``generate``; returns only the new tokens."""
+        inputs_embeds = self.embed(input_ids, input_values, audio_length)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # One generation config: the checkpoint's, unless the caller passes another.
+        self.decoder.generation_config = self.generation_config
+        return self.decoder.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
