@@ -212,3 +212,35 @@ def test_original_dasheng_checkpoint_loads_into_the_encoder(tmp_path, tiny_model
     torch.save({"weights": state}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="expected a dict with 'model'"):
         load_dasheng_checkpoint(tmp_path / "bad.pt")
+
+
+def test_uncached_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="Hub download failed"):
+        load_pretrained("someone-unknown/not-a-cached-model")
+
+
+@pytest.mark.parametrize(("encoder", "decoder", "low", "high"), [
+    ("0.6B", "qwen2.5-omni-7b", 8.2e9, 8.4e9),
+    ("base", "qwen3-0.6b", 0.6e9, 0.75e9),
+])
+def test_real_size_presets_build(encoder, decoder, low, high):
+    """The published shapes, built on the meta device (no memory, no time)."""
+    from midashenglm.modeling.config import DECODER_PRESETS, DashengConfig, MiDashengLMConfig
+
+    config = MiDashengLMConfig(
+        audio_encoder_config=DashengConfig.from_preset(encoder).to_dict(),
+        text_config=DECODER_PRESETS[decoder],
+        audio_token_id=151646,
+    )
+    with torch.device("meta"):
+        model = MiDashengLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    assert low < total < high
+    assert sum(p.numel() for p in model.audio_projector.parameters()) == (
+        config.audio_encoder_config.embed_dim * 5 * config.text_config.hidden_size
+        + config.text_config.hidden_size * (config.text_config.hidden_size + 2)
+    )
+    if decoder == "qwen2.5-omni-7b":
+        assert type(model.decoder).__name__ == "Qwen2ForCausalLM"
+        assert model.decoder.config.num_key_value_heads == 4

@@ -1,0 +1,731 @@
+"""Audio loading: the one place where the project turns audio into model input.
+
+:func:`load_audio` accepts a path, encoded bytes, a binary file object, a numpy
+array or a torch tensor and returns a 1-D, C-contiguous float32 mono waveform at
+``sample_rate`` (16 kHz by default).
+
+Decoders
+    Encoded audio goes to libsndfile (via ``soundfile``) first: WAV, FLAC,
+    Ogg/Vorbis, Ogg/Opus, MP3, AIFF, ... Whatever it cannot read (M4A/AAC, MP4,
+    WebM, Matroska, WMA, ...) goes to FFmpeg (via PyAV). MP3 files without a
+    Xing/Info/VBRI header also go to FFmpeg, because libsndfile then trusts a
+    bitrate estimate of the length and silently drops the rest of a VBR file.
+
+Arrays and tensors
+    Shapes ``(n,)``, ``(channels, n)`` or ``(n, channels)``. For 2-D input the
+    smaller axis is taken as the channel axis (a tie counts as channels-first)
+    and more than :data:`MAX_CHANNELS` channels is rejected, since that is far
+    more likely a batch than a recording. Integer samples are scaled to
+    [-1, 1]; ``source_sample_rate`` gives the rate (default: already
+    ``sample_rate``).
+
+Channels are averaged to mono and rates converted with soxr (HQ). Every input
+goes through the same validation (:class:`EmptyAudioError`,
+:class:`NonFiniteAudioError`, :class:`AudioTooLongError`). All failures are
+:class:`AudioError` subclasses (a ``ValueError``) naming the source.
+
+Damaged files: where a header declares the length (WAV ``data`` chunk, FLAC
+STREAMINFO, MP3 Xing, MP4/WebM/Ogg durations) and decoding yields clearly less
+(over 1% and 0.1 s short), the file counts as truncated (:class:`AudioDecodeError`);
+so does a file rate outside 1 kHz .. 1.536 MHz. FFmpeg skips isolated corrupt packets,
+as its command line does, but gives up after a run of them.
+
+Untrusted input: pass ``max_seconds``. Files are then rejected from their
+header when it declares the length, and decoding stops once the limit is
+passed. Paths must be regular files, and FFmpeg may not open other files or
+URLs on behalf of a playlist, so an input can only ever read itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import numbers
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = [
+    "MAX_CHANNELS",
+    "SAMPLE_RATE",
+    "AudioDecodeError",
+    "AudioError",
+    "AudioTooLongError",
+    "EmptyAudioError",
+    "NonFiniteAudioError",
+    "UnsupportedFormatError",
+    "audio_duration",
+    "describe_source",
+    "load_audio",
+    "to_mono_float32",
+]
+
+SAMPLE_RATE = 16000
+MAX_CHANNELS = 32  # 22.2 surround has 24; anything wider is almost surely a batch
+
+_HEAD_BYTES = 64 * 1024  # enough for container magic, WAV chunk headers, an MP3 Xing frame
+_SF_BLOCK_FRAMES = 1 << 18
+_SF_UNKNOWN_LENGTH = 1 << 62  # libsndfile says SF_COUNT_MAX (2**63 - 1) for "unknown"
+# Real audio lies well inside this; outside it a header is corrupt (or hostile: a 1 Hz WAV
+# resampled to 16 kHz grows 16000-fold, a 1 GHz one makes soxr build a huge filter).
+_FILE_RATE_RANGE = (1000, 1_536_000)
+_MAX_BAD_PACKETS_IN_A_ROW = 8  # FFmpeg skips isolated corrupt packets; a run means garbage
+# Writers disagree slightly about lengths (padding, priming); only a real gap is truncation.
+_TRUNCATION_TOLERANCE = 0.01  # fraction of the declared length
+_TRUNCATION_MIN_SECONDS = 0.1
+# Containers whose per-stream (or single-stream) duration comes from an index or header.
+# Raw streams such as MP3 or ADTS AAC only get a bitrate estimate, which is unfit for
+# judging truncation or rejecting a file as too long.
+_INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "ogg", "wav", "w64", "flac", "aiff",
+                       "caf", "asf")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AudioError(ValueError):
+    """Audio could not be turned into a waveform. ``source`` says which input, ``problem`` why."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        # args stay (source, problem) so that the error pickles across worker processes.
+        super().__init__(source, problem)
+        self.source = source
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.problem}"
+
+
+class EmptyAudioError(AudioError):
+    """The input decoded to zero samples."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The waveform contains NaN or infinite samples."""
+
+
+class AudioDecodeError(AudioError):
+    """A missing, unreadable, corrupt or truncated file."""
+
+
+class UnsupportedFormatError(AudioError):
+    """No decoder reads this container/codec, or the input type or shape is not supported."""
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than ``max_seconds``.
+
+    ``duration`` is the length in seconds, or a lower bound when decoding stopped at the limit.
+    """
+
+    def __init__(self, source: str, problem: str, *, duration: float = 0.0,
+                 limit: float = 0.0) -> None:
+        super().__init__(source, problem)
+        self.duration = duration
+        self.limit = limit
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def describe_source(source: Any) -> str:
+    """A short human description of where audio comes from, used in every error message."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<bytes: {_nbytes(source)} B>"
+    if isinstance(source, np.ndarray):
+        return f"<numpy array, shape {source.shape}, {source.dtype}>"
+    if _is_tensor(source):
+        return f"<torch tensor, shape {tuple(source.shape)}, {source.dtype}, {source.device}>"
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        return f"<file object: {name}>" if isinstance(name, str) else "<file object>"
+    return f"<{type(source).__name__}>"
+
+
+def load_audio(
+    source: Any,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    source_sample_rate: int | None = None,
+) -> np.ndarray:
+    """Load ``source`` as a 1-D float32 mono waveform at ``sample_rate``.
+
+    ``source`` is a path, ``bytes``/``bytearray``/``memoryview`` holding an encoded file
+    (never a path), a binary file object (read from its current position to the end), a
+    numpy array or a torch tensor (any device or dtype). ``source_sample_rate`` is the rate
+    of an array or tensor; float samples are taken as they are, integers are scaled.
+
+    Raises an :class:`AudioError` subclass for any problem with the audio itself, and a
+    plain ``ValueError`` for invalid arguments.
+    """
+    desc = describe_source(source)
+    _check_rate("sample_rate", sample_rate)
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if _is_array(source):
+        rate = sample_rate if source_sample_rate is None else source_sample_rate
+        _check_rate("source_sample_rate", rate)
+        mono = to_mono_float32(_array_of(source, desc), desc)
+    else:
+        if source_sample_rate is not None:
+            raise ValueError("source_sample_rate applies to arrays and tensors only; "
+                             "an encoded file declares its own rate")
+        mono, rate = _decode(_encoded_input(source, desc), max_seconds)
+    return _finish(mono, rate, sample_rate=sample_rate, max_seconds=max_seconds, desc=desc)
+
+
+def audio_duration(source: Any, *, source_sample_rate: int | None = None) -> float:
+    """Duration in seconds, from the header when the format declares it.
+
+    Arrays and tensors are measured with the same channel rule as :func:`load_audio`, at
+    ``source_sample_rate`` (default :data:`SAMPLE_RATE`).
+    """
+    desc = describe_source(source)
+    if _is_array(source):
+        rate = SAMPLE_RATE if source_sample_rate is None else source_sample_rate
+        _check_rate("source_sample_rate", rate)
+        shape = tuple(source.shape)
+        _check_shape(shape, desc)
+        return (max(shape) if len(shape) == 2 else shape[0]) / rate
+    enc = _encoded_input(source, desc)
+    try:
+        return _soundfile_duration(enc)
+    except _DecoderFailed as sf_failure:
+        try:
+            return _pyav_duration(enc)
+        except _DecoderFailed as av_failure:
+            raise _undecodable(enc, sf_failure, av_failure) from None
+
+
+def to_mono_float32(array: np.ndarray, source_desc: str) -> np.ndarray:
+    """Average the channels of a 1-D/2-D sample array into a new float32 mono array.
+
+    The smaller axis of a 2-D array is the channel axis (a tie counts as channels-first);
+    integer samples are scaled to [-1, 1].
+    """
+    array = np.asarray(array)
+    _check_shape(array.shape, source_desc)
+    if array.size == 0:  # (2, 0) or (0, 2): no samples, whichever axis holds channels
+        return np.zeros(0, np.float32)
+    channel_axis = None if array.ndim == 1 else int(array.shape[0] > array.shape[1])
+    return _downmix(_as_float(array, source_desc), channel_axis, original=array)
+
+
+# --------------------------------------------------------------------------- shared validation
+
+
+def _finish(mono: np.ndarray, rate: int, *, sample_rate: int, max_seconds: float | None,
+            desc: str) -> np.ndarray:
+    """The one validation + resampling path every input type goes through."""
+    n = mono.shape[0]
+    if n == 0:
+        raise EmptyAudioError(desc, "no audio samples (0 samples after decoding)")
+    # A float64 sum is a cheap screen; count exactly only when something is off.
+    if not np.isfinite(np.sum(mono, dtype=np.float64)):
+        bad = int(n - np.count_nonzero(np.isfinite(mono)))
+        if bad:
+            raise NonFiniteAudioError(desc, f"{bad} of {n} samples are NaN or infinite")
+    _check_length(n / rate, max_seconds, desc)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+        if mono.shape[0] == 0:
+            raise EmptyAudioError(desc, f"too short to resample ({n} samples at {rate} Hz)")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_length(seconds: float, max_seconds: float | None, desc: str, *, how: str = "") -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLongError(
+            desc, f"audio is {seconds:.2f} s long{how}, over the limit of {max_seconds:g} s",
+            duration=seconds, limit=max_seconds)
+
+
+def _check_complete(declared: float | None, decoded: int, rate: int, desc: str) -> None:
+    """Raise if decoding produced clearly less than the header promised (a cut-off file)."""
+    if not declared:
+        return
+    allowed = max(declared * _TRUNCATION_TOLERANCE, rate * _TRUNCATION_MIN_SECONDS)
+    if declared - decoded > allowed:
+        raise AudioDecodeError(
+            desc, f"truncated or corrupt: the header declares {declared / rate:.2f} s "
+                  f"but only {decoded / rate:.2f} s could be decoded")
+
+
+def _check_rate(name: str, rate: Any) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {rate!r}")
+
+
+# --------------------------------------------------------------------------- arrays and tensors
+
+
+def _is_tensor(obj: Any) -> bool:
+    # If torch was never imported, obj cannot be a tensor; this keeps torch out of startup.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, np.ndarray) or _is_tensor(obj)
+
+
+def _array_of(source: Any, desc: str) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source
+    torch = sys.modules["torch"]
+    if source.is_complex() or source.dtype == torch.bool:
+        raise UnsupportedFormatError(desc, f"unsupported sample dtype {source.dtype}")
+    try:
+        tensor = source.detach()
+        # bf16/fp16 have no (or no lossless) numpy twin; convert on the device, then move.
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    except (RuntimeError, TypeError, NotImplementedError) as e:  # e.g. meta or sparse tensors
+        raise UnsupportedFormatError(desc, f"cannot convert tensor to numpy: {e}") from e
+
+
+def _check_shape(shape: tuple[int, ...], desc: str) -> None:
+    if len(shape) not in (1, 2):
+        raise UnsupportedFormatError(
+            desc, f"expected shape (n,), (channels, n) or (n, channels), got {shape}; "
+                  "load a batch one item at a time")
+    if len(shape) == 2 and min(shape) > MAX_CHANNELS:
+        raise UnsupportedFormatError(
+            desc, f"ambiguous 2-D shape {shape}: neither axis looks like channels "
+                  f"(at most {MAX_CHANNELS}); is this a batch?")
+
+
+def _as_float(array: np.ndarray, desc: str) -> np.ndarray:
+    """Samples as floats in [-1, 1]: integers are scaled by their full range."""
+    kind = array.dtype.kind
+    if kind == "f":
+        return array
+    if kind in "iu":
+        bits = array.dtype.itemsize * 8
+        offset = 2.0 ** (bits - 1) if kind == "u" else 0.0  # unsigned PCM is centred on 2^(b-1)
+        wide = array.astype(np.float64 if bits > 16 else np.float32)
+        return (wide - offset) / 2.0 ** (bits - 1)
+    raise UnsupportedFormatError(desc, f"unsupported sample dtype {array.dtype}")
+
+
+def _downmix(samples: np.ndarray, channel_axis: int | None, *, original: Any = None
+             ) -> np.ndarray:
+    """Average channels to a new float32 mono array (never a view of the caller's data)."""
+    mono = samples if channel_axis is None else samples.mean(axis=channel_axis, dtype=np.float32)
+    out = np.ascontiguousarray(mono, dtype=np.float32)
+    if original is not None and np.may_share_memory(out, original):
+        out = out.copy()
+    return out
+
+
+# --------------------------------------------------------------------------- encoded input
+
+
+@dataclass
+class _Encoded:
+    """An encoded input that each decoder can read from the start.
+
+    Exactly one of ``path`` (a regular file), ``data`` (bytes in memory) or
+    ``fileobj`` (seekable, starting at offset 0) is set.
+    """
+
+    desc: str
+    head: bytes
+    path: str | None = None
+    data: bytes | bytearray | memoryview | None = None
+    fileobj: BinaryIO | None = None
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[BinaryIO]:
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                yield f
+        elif self.data is not None:
+            yield io.BytesIO(self.data)
+        else:
+            assert self.fileobj is not None
+            self.fileobj.seek(0)
+            yield self.fileobj  # the caller owns it: do not close
+
+
+def _encoded_input(source: Any, desc: str) -> _Encoded:
+    if isinstance(source, (str, os.PathLike)):
+        enc = _path_input(os.fspath(source), desc)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = source.tobytes() if isinstance(source, memoryview) else source
+        enc = _Encoded(desc, bytes(data[:_HEAD_BYTES]), data=data)
+    elif hasattr(source, "read"):
+        enc = _fileobj_input(source, desc)
+    else:
+        raise UnsupportedFormatError(
+            desc, "expected a path, bytes, a binary file object, a numpy array or a torch tensor")
+    if not enc.head:
+        raise AudioDecodeError(desc, "empty input (0 bytes)")
+    return enc
+
+
+def _path_input(path: str | bytes, desc: str) -> _Encoded:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        hint = " (URLs are not fetched; download the file first)" if "://" in desc else ""
+        raise AudioDecodeError(desc, f"file not found{hint}") from None
+    except OSError as e:
+        raise AudioDecodeError(desc, f"cannot access file: {e.strerror}") from None
+    # Devices and FIFOs (/dev/zero, /dev/stdin) can be endless; pass a file object instead.
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise AudioDecodeError(desc, f"cannot load audio: {what}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as e:
+        raise AudioDecodeError(desc, f"cannot read file: {e.strerror}") from None
+    return _Encoded(desc, head, path=os.fsdecode(path))
+
+
+def _fileobj_input(fileobj: Any, desc: str) -> _Encoded:
+    try:
+        if _seekable(fileobj) and fileobj.tell() == 0:
+            head = fileobj.read(_HEAD_BYTES)
+            _check_binary(head, desc)
+            return _Encoded(desc, head, fileobj=fileobj)
+        # Decoders seek to absolute offsets, so anything else is read into memory (all of it:
+        # pipes have no length to check against max_seconds first).
+        data = fileobj.read()
+    except OSError as e:
+        raise AudioDecodeError(desc, f"cannot read file object: {e}") from e
+    _check_binary(data, desc)
+    return _Encoded(desc, bytes(data[:_HEAD_BYTES]), data=data)
+
+
+def _seekable(fileobj: Any) -> bool:
+    try:
+        return bool(fileobj.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _check_binary(data: Any, desc: str) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UnsupportedFormatError(
+            desc, f"file object returned {type(data).__name__}, not bytes; open it in 'rb' mode")
+
+
+def _nbytes(data: bytes | bytearray | memoryview) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _DecoderFailed(Exception):
+    """One decoder could not read the input; another may still succeed."""
+
+    def __init__(self, message: str, *, recognised: bool = False,
+                 unsupported_codec: bool = False) -> None:
+        super().__init__(message)
+        self.recognised = recognised  # the decoder knew the container: a corrupt file
+        self.unsupported_codec = unsupported_codec
+
+
+def _decode(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate, from libsndfile or else FFmpeg."""
+    try:
+        mono, rate = _decode_with_soundfile(enc, max_seconds)
+    except _DecoderFailed as sf_failure:
+        try:
+            mono, rate = _decode_with_pyav(enc, max_seconds)
+        except _DecoderFailed as av_failure:
+            raise _undecodable(enc, sf_failure, av_failure) from None
+    low, high = _FILE_RATE_RANGE
+    if mono.size and not low <= rate <= high:
+        raise AudioDecodeError(enc.desc, f"implausible sample rate {rate} Hz (corrupt header?)")
+    return mono, rate
+
+
+def _undecodable(enc: _Encoded, sf_failure: _DecoderFailed,
+                 av_failure: _DecoderFailed) -> AudioError:
+    """Both decoders failed: a damaged file of a known kind, or a kind nobody reads."""
+    details = f"libsndfile: {sf_failure}; FFmpeg: {av_failure}"
+    kind = _sniff_container(enc.head)
+    if sf_failure.unsupported_codec:
+        return UnsupportedFormatError(enc.desc, f"unsupported codec ({details})")
+    if sf_failure.recognised or av_failure.recognised or kind:
+        what = f"{kind} file" if kind else "file"
+        return AudioDecodeError(enc.desc, f"corrupt or truncated {what} ({details})")
+    return UnsupportedFormatError(enc.desc, f"unrecognised audio format ({details})")
+
+
+# Magic numbers, only to tell a damaged file of a known format from an unknown format.
+_SIGNATURES = (
+    (0, b"RIFF", "WAV"), (0, b"RIFX", "WAV"), (0, b"RF64", "WAV"), (0, b"fLaC", "FLAC"),
+    (0, b"OggS", "Ogg"), (0, b"ID3", "MP3"), (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+    (4, b"ftyp", "MP4/M4A"), (4, b"moov", "MP4/M4A"), (0, b"FORM", "AIFF"), (0, b"caff", "CAF"),
+    (0, b"#!AMR", "AMR"), (0, b"\x30\x26\xb2\x75", "ASF/WMA"), (0, b".snd", "AU"),
+)
+
+
+def _sniff_container(head: bytes) -> str | None:
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "MPEG audio"  # MP3 or ADTS AAC frame sync
+    return None
+
+
+# ---- libsndfile
+
+
+def _decode_with_soundfile(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    with _soundfile(enc) as f:
+        rate, known = f.samplerate, _sf_frames(f)
+        if known is not None:
+            _check_length(known / rate, max_seconds, enc.desc, how=" (from the header)")
+        blocks, total = [], 0
+        for block in _sf_blocks(f):
+            blocks.append(block)
+            total += len(block)
+            # A header can lie or leave the length open: stop as soon as the limit is passed.
+            _check_length(total / rate, max_seconds, enc.desc, how=" or more (decoding stopped)")
+        declared, channels = _declared_frames(f, enc.head), f.channels
+    _check_complete(declared, total, rate, enc.desc)
+    samples = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    return _downmix(samples, channel_axis=1), rate
+
+
+def _soundfile_duration(enc: _Encoded) -> float:
+    with _soundfile(enc) as f:
+        frames = _sf_frames(f)
+        if frames is None:  # the header leaves the length open: count, keeping nothing
+            frames = sum(len(block) for block in _sf_blocks(f))
+        # Catches a WAV cut short without decoding: libsndfile's length is what is present.
+        _check_complete(_declared_frames(f, enc.head), frames, f.samplerate, enc.desc)
+        return frames / f.samplerate
+
+
+def _sf_frames(f: sf.SoundFile) -> int | None:
+    """libsndfile's frame count, or None where it reports SF_COUNT_MAX for "unknown"
+    (e.g. a FLAC stream whose STREAMINFO has no total)."""
+    return f.frames if 0 <= f.frames < _SF_UNKNOWN_LENGTH else None
+
+
+def _sf_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 blocks until end of file.
+
+    Block-wise so that an unknown or bogus length never sizes an allocation.
+    """
+    while True:
+        try:
+            block = f.read(_SF_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        except sf.SoundFileError as e:
+            raise _DecoderFailed(_sf_message(e), recognised=True) from e
+        if not len(block):
+            return
+        yield block
+
+
+@contextlib.contextmanager
+def _soundfile(enc: _Encoded) -> Iterator[sf.SoundFile]:
+    """Open with libsndfile, turning its refusals into :class:`_DecoderFailed`."""
+    with contextlib.ExitStack() as stack:
+        target = enc.path if enc.path is not None else stack.enter_context(enc.stream())
+        try:
+            f = stack.enter_context(sf.SoundFile(target))
+        except sf.SoundFileError as e:
+            code = getattr(e, "code", None)
+            raise _DecoderFailed(_sf_message(e), recognised=code == 3,  # SF_ERR_MALFORMED_FILE
+                                 unsupported_codec=code == 4) from e  # SF_ERR_UNSUPPORTED_ENCODING
+        if f.format == "MP3" and not _mp3_has_length_header(enc.head):
+            # libsndfile would take a bitrate guess as the exact length and stop reading there.
+            raise _DecoderFailed("MP3 without a Xing/Info/VBRI length header", recognised=True)
+        yield f
+
+
+def _sf_message(e: Exception) -> str:
+    return str(getattr(e, "error_string", None) or e).strip()
+
+
+def _declared_frames(f: sf.SoundFile, head: bytes) -> int | None:
+    """The length the file's header promises, to detect truncation after decoding."""
+    if f.format in ("WAV", "WAVEX"):
+        # libsndfile clamps a WAV's length to the bytes present, so read the header ourselves.
+        return _wav_declared_frames(head)
+    return _sf_frames(f)
+
+
+def _wav_declared_frames(head: bytes) -> int | None:
+    """Frames declared by a RIFF/WAVE ``data`` chunk, or None if unknown or open-ended."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = int.from_bytes(head[pos + 20:pos + 22], "little")
+        elif chunk == b"data":
+            # Streaming writers leave 0 or 0xFFFFFFFF when they do not know the size.
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)  # chunks are padded to even sizes
+    return None
+
+
+def _mp3_has_length_header(head: bytes) -> bool:
+    """Whether the first MP3 frame carries a Xing/Info/VBRI header with the exact length."""
+    pos = 0
+    if head[:3] == b"ID3" and len(head) >= 10:  # skip an ID3v2 tag (sync-safe size)
+        size = 0
+        for byte in head[6:10]:
+            size = (size << 7) | (byte & 0x7F)
+        pos = 10 + size + (10 if head[5] & 0x10 else 0)  # plus footer, if flagged
+    first_frame = head[pos:pos + 64]
+    return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+# ---- FFmpeg (PyAV)
+
+
+class _NestedOpenRefused(OSError):
+    pass
+
+
+def _refuse_nested_open(url: str, flags: int, options: dict[str, Any]) -> BinaryIO:
+    # Playlists (HLS, concat) make FFmpeg open other files or URLs. An audio input must be
+    # self-contained, or loading untrusted bytes could read local files or the network.
+    raise _NestedOpenRefused(f"refused to open {url!r} referenced by the input")
+
+
+@contextlib.contextmanager
+def _pyav_audio_stream(enc: _Encoded) -> Iterator[tuple[Any, Any]]:
+    """Open with FFmpeg and pick the audio stream; yields (container, stream)."""
+    with enc.stream() as fileobj:
+        try:
+            # A file object, never a path string: FFmpeg would parse "concat:", "http://", ...
+            container = av.open(fileobj, mode="r", metadata_errors="ignore",
+                                io_open=_refuse_nested_open)
+        except _NestedOpenRefused as e:
+            raise UnsupportedFormatError(enc.desc, f"playlists are not supported: {e}") from e
+        except av.FFmpegError as e:
+            raise _DecoderFailed(_av_message(e)) from e
+        with container:
+            stream = container.streams.best("audio")
+            if stream is None:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise UnsupportedFormatError(
+                    enc.desc, f"no audio stream in {container.format.name} "
+                              f"(streams: {', '.join(kinds)})")
+            if stream.codec_context is None:  # FFmpeg knows the container, not the codec
+                raise UnsupportedFormatError(
+                    enc.desc, f"no decoder for the audio codec in this {container.format.name} "
+                              "file")
+            yield container, stream
+
+
+def _decode_with_pyav(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    with _pyav_audio_stream(enc) as (container, stream):
+        declared = _pyav_declared_seconds(container, stream)
+        if declared is not None:
+            _check_length(declared, max_seconds, enc.desc, how=" (from the header)")
+        chunks: list[np.ndarray] = []
+        total, rate = 0, 1
+        for chunk, rate in _pyav_mono_chunks(container, stream, enc.desc):
+            chunks.append(chunk)
+            total += len(chunk)
+            # Stop as soon as the limit is passed: the stream may be much longer than that.
+            _check_length(total / rate, max_seconds, enc.desc, how=" or more (decoding stopped)")
+    if declared is not None:
+        _check_complete(declared * rate, total, rate, enc.desc)
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32), rate
+
+
+def _pyav_duration(enc: _Encoded) -> float:
+    with _pyav_audio_stream(enc) as (container, stream):
+        declared = _pyav_declared_seconds(container, stream)
+        if declared is not None:
+            return declared
+        # No trustworthy header: count decoded samples (bounded like decoding).
+        total, rate = 0, 1
+        for chunk, chunk_rate in _pyav_mono_chunks(container, stream, enc.desc):
+            total, rate = total + len(chunk), chunk_rate
+        return total / rate
+
+
+def _pyav_declared_seconds(container: Any, stream: Any) -> float | None:
+    """The audio stream's duration when an index or header states it, else None."""
+    if not any(name in container.format.name for name in _INDEXED_CONTAINERS):
+        return None
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    # The container duration covers all streams (a video may outlast its audio track).
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
+def _pyav_mono_chunks(container: Any, stream: Any, desc: str
+                      ) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (mono float32 samples, rate) chunks, all at the first frame's rate.
+
+    Bounded on any input: demuxing ends at the first read error or end of file (each read
+    consumes input), isolated corrupt packets are skipped the way FFmpeg does, and a run
+    of them ends decoding with :class:`AudioDecodeError`.
+    """
+    converter, converter_key, rate = None, None, 0
+    bad_in_row, last_error = 0, ""
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = stream.decode(packet)
+            except av.FFmpegError as e:
+                bad_in_row, last_error = bad_in_row + 1, _av_message(e)
+                if bad_in_row >= _MAX_BAD_PACKETS_IN_A_ROW:
+                    raise AudioDecodeError(
+                        desc, f"corrupt stream: {bad_in_row} undecodable packets in a row "
+                              f"({last_error})") from e
+                continue
+            bad_in_row = 0
+            for frame in frames:
+                rate = rate or frame.sample_rate
+                # Formats, layouts and rates may change mid-stream, and PyAV's resampler only
+                # handles the setup it saw first: use one per setup, always to fltp at `rate`.
+                key = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if key != converter_key:
+                    if converter is not None:
+                        yield from _mono_chunks(converter.resample(None), rate)
+                    converter, converter_key = av.AudioResampler(
+                        format="fltp", layout=frame.layout, rate=rate), key
+                yield from _mono_chunks(converter.resample(frame), rate)
+        if converter is not None:
+            yield from _mono_chunks(converter.resample(None), rate)
+    except (av.FFmpegError, ValueError) as e:
+        if isinstance(e, AudioError):
+            raise
+        raise AudioDecodeError(desc, f"corrupt or truncated stream: {_av_message(e)}") from e
+    if converter is None and last_error:
+        raise AudioDecodeError(desc, f"corrupt stream: no packet could be decoded ({last_error})")
+
+
+def _mono_chunks(frames: list[Any], rate: int) -> Iterator[tuple[np.ndarray, int]]:
+    for frame in frames:
+        # Planar frames convert to (channels, samples); averaging per chunk equals
+        # averaging the whole signal, and survives channel-count changes.
+        yield _downmix(frame.to_ndarray(), channel_axis=0), rate
+
+
+def _av_message(e: Exception) -> str:
+    return str(getattr(e, "strerror", None) or e)
