@@ -277,6 +277,32 @@ def load_pretrained(
     return model.eval()
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``: CUDA if present, then Apple's MPS, else the CPU."""
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(
+    path_or_id: str | os.PathLike,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    **kwargs: Any,
+) -> tuple[MiDashengLM, Any]:
+    """Model and processor of a checkpoint: what every command and service starts from."""
+    from midashenglm.processing import MiDashengLMProcessor
+
+    model = load_pretrained(path_or_id, device=resolve_device(device), dtype=dtype, **kwargs)
+    processor = MiDashengLMProcessor.from_pretrained(resolve_checkpoint(path_or_id))
+    return model, processor
+
+
 def _tied_keys(model: MiDashengLM) -> set[str]:
     decoder = model.decoder
     if getattr(decoder.config, "tie_word_embeddings", False):

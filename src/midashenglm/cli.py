@@ -6,6 +6,7 @@ User mistakes (a missing folder, a bad config, unreadable audio) print one
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from midashenglm.errors import UserError
 
 app = typer.Typer(
     name="midashenglm",
@@ -26,8 +29,25 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class UserError(Exception):
-    """A problem with what the user asked for: reported in one line, no traceback."""
+# Each area of the package adds its commands through a ``register(app)`` function;
+# the modules import their heavy dependencies inside the commands, so --help stays fast.
+COMMAND_MODULES = [
+    "midashenglm.inference.commands",
+    "midashenglm.serve.commands",
+    "midashenglm.evaluation.commands",
+    "midashenglm.bench.commands",
+]
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and name.startswith(err.name):
+                continue  # that area is not part of this installation
+            raise
+        module.register(app)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -267,6 +287,8 @@ def _load_tokenizer(name: str | None) -> Any:
     except OSError as err:
         raise UserError(f"--tokenizer {name}: cannot load it ({err})") from None
 
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
