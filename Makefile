@@ -28,9 +28,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
 
-system-deps:  ## Debian tools the tests use: espeak-ng (real speech) and sox (needs root)
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; \
+system-deps:  ## Debian tools the tests use: espeak-ng (speech), sox, chromium (web page); needs root
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox chromium fonts-liberation >/dev/null; \
 	fi
 
 test: install  ## run the test suite (offline)

@@ -1,0 +1,148 @@
+"""Result files: the official JSONL format, read and written line by line.
+
+One line per test item, as the official MiDashengLM evaluation files hold them::
+
+    {"dataset_name": "LibriSpeech_test-clean", "audio": "1089-134686-0000.flac",
+     "lang": "en", "text": "HE HOPED ...", "prompt": "Transcribe the speech into text <|en|>",
+     "model_output": "HE HOPED ...", "model_name": "MiDashengLM"}
+
+The reference sits in ``text`` (transcripts, captions), ``label`` (classification),
+or ``answer`` (+ ``choices`` for closed QA). Reading never drops a line silently: a
+line that is not a JSON object, or whose ``model_output`` is missing, not a string or
+empty, becomes a :class:`Problem` with its file and line number. Which reference
+fields a line needs depends on the metric; the scorer checks those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from midashenglm.errors import UserError
+
+# Fields of the official format. ``text``/``label``/``answer``/``choices`` depend on the task.
+CORE_FIELDS = ("dataset_name", "audio", "prompt", "model_output", "model_name")
+REFERENCE_FIELDS = ("text", "label", "answer", "choices")
+OPTIONAL_FIELDS = ("lang", "question")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A result line that could not be scored as it is, and why."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class ResultRow:
+    """One parsed result line: the JSON object and where it came from."""
+
+    data: dict[str, Any]
+    line: int
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+
+@dataclass
+class ResultFile:
+    """The rows of a result file that parsed, and a :class:`Problem` for every other line."""
+
+    path: Path
+    rows: list[ResultRow] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def dataset_names(self) -> Counter[str]:
+        return Counter(
+            str(r.data["dataset_name"]) for r in self.rows if isinstance(r.get("dataset_name"), str)
+        )
+
+
+def write_row(fp: IO[str], row: dict[str, Any]) -> None:
+    """Append one result row as a JSON line and flush, so an interrupted run loses nothing.
+
+    ``row`` must carry a string ``model_output``; non-ASCII text is written as is
+    (the official files are UTF-8 JSON without escapes).
+    """
+    if not isinstance(row, dict):
+        raise TypeError(f"a result row must be a dict, got {type(row).__name__}")
+    if not isinstance(row.get("model_output"), str):
+        raise ValueError("a result row needs a string 'model_output'")
+    fp.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fp.flush()
+
+
+def write_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write ``rows`` to ``path`` (UTF-8 JSONL), replacing the file."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fp:
+        for row in rows:
+            write_row(fp, row)
+    return path
+
+
+def read_results(path: str | Path) -> ResultFile:
+    """Parse a JSONL result file; bad lines become problems, blank lines are ignored.
+
+    Raises :class:`~midashenglm.errors.UserError` when the file cannot be read at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such result file")
+    result = ResultFile(path)
+    name = str(path)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                row, reason = parse_line(line)
+                if reason is not None:
+                    result.problems.append(Problem(name, number, reason))
+                else:
+                    result.rows.append(ResultRow(row, number))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return result
+
+
+def parse_line(line: str) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """One line -> (row, None), or (None, reason) when it is not a usable result row."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"invalid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(row, dict):
+        return None, f"not a JSON object (a {type(row).__name__})"
+    if row.get("error"):
+        # a row the runner recorded for a clip or batch that failed: say why
+        return None, f"inference failed: {row['error']}"
+    if "model_output" not in row:
+        return None, "missing field 'model_output'"
+    output = row["model_output"]
+    if not isinstance(output, str):
+        return None, f"'model_output' is not a string (got {_type_name(output)})"
+    if not output.strip():
+        return None, "empty 'model_output'"
+    return row, None
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
