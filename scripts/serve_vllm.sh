@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Serve a MiDashengLM checkpoint (the published layout, e.g. one saved by this project)
+# with vLLM's OpenAI-compatible server, for `midashenglm run ... --endpoint`.
+#
+#   scripts/serve_vllm.sh CHECKPOINT_DIR_OR_HUB_ID [more vllm serve options...]
+#
+# Settings (environment): HOST (0.0.0.0), PORT (8000), NAME (midashenglm: the name clients
+# use), DTYPE (bfloat16), MAX_MODEL_LEN (8192 tokens; 5 audio tokens per second),
+# MAX_AUDIOS (1 clip per prompt), GPU_UTIL (0.90), API_KEY (unset: no key).
+#
+# Needs a CUDA GPU and vLLM in its own environment (`pip install vllm`: it pins its own
+# torch and transformers; never install it into this project's .venv).
+# NOT TESTED in this repository: its machines have no GPU and no vLLM. See docs/vllm.md.
+set -euo pipefail
+
+if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+fi
+CHECKPOINT=$1
+shift
+command -v vllm >/dev/null || { echo "error: vllm is not on PATH (pip install vllm, in its own venv)" >&2; exit 2; }
+
+extra=()
+if [[ -d $CHECKPOINT ]]; then
+    [[ -f $CHECKPOINT/config.json ]] || { echo "error: $CHECKPOINT/config.json is missing" >&2; exit 2; }
+    # vLLM picks its model class from `architectures`; its MiDashengLMModel builds the decoder
+    # as a Qwen2 model, so other decoder families (qwen3, llama) do not load there.
+    python3 - "$CHECKPOINT" <<'EOF'
+import json, sys
+folder = sys.argv[1]
+config = json.load(open(f"{folder}/config.json"))
+if "MiDashengLMModel" not in config.get("architectures", []):
+    sys.exit(f"error: {folder}/config.json: architectures is {config.get('architectures')}, "
+             "vLLM serves MiDashengLM as 'MiDashengLMModel'")
+decoder = config.get("text_config", {}).get("model_type", "?")
+if decoder not in ("qwen2", "qwen2_5_omni_text", "qwen2_5_omni_thinker"):
+    print(f"warning: decoder model_type {decoder!r}: vLLM's MiDashengLMModel builds a Qwen2 "
+          "decoder; this checkpoint may not load", file=sys.stderr)
+tok = json.load(open(f"{folder}/tokenizer_config.json")) if __import__("os").path.exists(
+    f"{folder}/tokenizer_config.json") else {}
+missing = [t for t in ("audio_token", "audio_bos_token", "audio_eos_token") if t not in tok]
+if missing:
+    print(f"warning: tokenizer_config.json lacks {missing}: vLLM's MiDashengLM processor reads "
+          "them from the tokenizer", file=sys.stderr)
+EOF
+    # The project writes its ChatML template beside the tokenizer; pass it explicitly so that
+    # vLLM uses it whatever its transformers version reads by default.
+    [[ -f $CHECKPOINT/chat_template.jinja ]] && extra+=(--chat-template "$CHECKPOINT/chat_template.jinja")
+fi
+[[ -n ${API_KEY:-} ]] && extra+=(--api-key "$API_KEY")
+
+# --trust-remote-code: vLLM's own model registry lists mispeech/midashenglm-7b with it (the Hub
+# repositories ship their processor code). A folder saved by this project holds no code.
+exec vllm serve "$CHECKPOINT" \
+    --served-model-name "${NAME:-midashenglm}" \
+    --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+    --dtype "${DTYPE:-bfloat16}" \
+    --max-model-len "${MAX_MODEL_LEN:-8192}" \
+    --limit-mm-per-prompt "{\"audio\": ${MAX_AUDIOS:-1}}" \
+    --gpu-memory-utilization "${GPU_UTIL:-0.90}" \
+    --trust-remote-code \
+    ${extra[@]+"${extra[@]}"} "$@"

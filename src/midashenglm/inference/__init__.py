@@ -1,0 +1,33 @@
+"""Batched inference for MiDashengLM: the engine, its command-line commands, batch jobs.
+
+``from midashenglm.inference import Engine, Request, SamplingParams``. Submodules load on
+first use, so importing the package (the command line does) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Engine": "midashenglm.inference.engine",
+    "Request": "midashenglm.inference.engine",
+    "Result": "midashenglm.inference.engine",
+    "SamplingParams": "midashenglm.inference.params",
+    "EncoderCache": "midashenglm.inference.cache",
+}
+
+__all__ = ["EncoderCache", "Engine", "Request", "Result", "SamplingParams"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'midashenglm.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from midashenglm.inference.cache import EncoderCache
+    from midashenglm.inference.engine import Engine, Request, Result
+    from midashenglm.inference.params import SamplingParams

@@ -1,0 +1,127 @@
+"""Send audio questions to any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+The audio is loaded with :func:`midashenglm.audio.load_audio` (any format the project
+reads, resampled to 16 kHz mono), re-encoded as 16-bit WAV with soundfile and sent as a
+base64 ``input_audio`` content part before the question, which is how vLLM's OpenAI
+server takes audio for MiDashengLM. Uses the official ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from midashenglm.audio import SAMPLE_RATE, load_audio
+from midashenglm.inference.params import SamplingParams
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit PCM WAV file holding ``wave``."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def audio_message_content(wave: np.ndarray, prompt: str) -> list[dict[str, Any]]:
+    data = base64.b64encode(wav_bytes(wave)).decode("ascii")
+    return [
+        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+        {"type": "text", "text": prompt},
+    ]
+
+
+def api_base(url: str) -> str:
+    """``http://host:8000``, ``.../v1`` or ``.../v1/chat/completions`` -> ``http://host:8000/v1``."""
+    url = url.strip().rstrip("/")
+    for tail in ("/chat/completions", "/completions"):
+        if url.endswith(tail):
+            url = url[: -len(tail)]
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--endpoint {url!r}: expected an http:// or https:// URL")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    audio_seconds: float
+
+
+class EndpointClient:
+    """Chat completions with audio against one OpenAI-compatible server. Thread-safe."""
+
+    def __init__(self, endpoint: str, *, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 600.0, max_retries: int = 2) -> None:
+        from openai import OpenAI
+
+        self.base_url = api_base(endpoint)
+        self.client = OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
+                             timeout=timeout, max_retries=max_retries)
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        """The served model: as given, else the first one the server lists."""
+        if self._model is None:
+            models = list(self.client.models.list())
+            if not models:
+                raise RuntimeError(f"{self.base_url}/models lists no model; pass --served-model")
+            self._model = models[0].id
+        return self._model
+
+    def check(self) -> None:
+        """Reach the server once (a wrong URL or key fails here, not once per row)."""
+        import openai
+
+        try:
+            names = [m.id for m in self.client.models.list()]
+        except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError):
+            raise
+        except openai.APIError:
+            if self._model is None:
+                raise
+            return  # a server without /models still serves chat completions
+        if self._model is None:
+            if not names:
+                raise RuntimeError(f"{self.base_url}/models lists no model; pass --served-model")
+            self._model = names[0]
+
+    def ask(self, audio: Any, prompt: str, *, system_prompt: str | None = None,
+            sampling: SamplingParams | None = None) -> Answer:
+        """Load ``audio`` (a path, bytes, array...), send it with ``prompt``, return the answer."""
+        sampling = sampling or SamplingParams()
+        wave = load_audio(audio)
+        messages: list[dict[str, Any]] = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": audio_message_content(wave, prompt)})
+        options: dict[str, Any] = {"max_tokens": sampling.max_new_tokens,
+                                   "temperature": sampling.temperature}
+        if sampling.temperature > 0:
+            options["top_p"] = sampling.top_p
+            if sampling.top_k:
+                options["extra_body"] = {"top_k": sampling.top_k}  # a vLLM extension
+        if sampling.seed is not None:
+            options["seed"] = sampling.seed
+        if sampling.stop:
+            options["stop"] = list(sampling.stop)
+        reply = self.client.chat.completions.create(model=self.model, messages=messages, **options)
+        if not reply.choices:
+            raise RuntimeError(f"{self.base_url}: the reply has no choices")
+        choice = reply.choices[0]
+        usage = reply.usage
+        return Answer(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            audio_seconds=len(wave) / SAMPLE_RATE,
+        )

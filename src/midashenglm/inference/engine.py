@@ -1,0 +1,748 @@
+"""Batched inference: budgets instead of a fixed batch size, one encoder pass per clip,
+shared prompt prefixes, and a lean KV-cached decode loop.
+
+How a batch runs
+    1. Requests are loaded (audio through ``processor.load``, prompts through the
+       processor's template and audio-token expansion), sorted by prompt length and cut
+       into batches that fit ``max_batch_size`` rows, ``max_batch_audio_seconds`` of
+       distinct audio and ``max_batch_tokens`` KV-cache slots (rows x longest prompt +
+       longest answer).
+    2. Every distinct clip (by content hash) goes through the encoder once; the
+       embeddings stay in a bounded LRU cache, so five questions about one clip, in one
+       batch or in five, encode it once.
+    3. Rows whose prompts agree up to the end of their audio (same system prompt, user
+       header, same clip) share that prefix: its KV is computed once and copied to each
+       row, which then runs only its own suffix. The 2-D attention mask keeps padding
+       between prefix and suffix, and positions come from the mask's cumulative sum, so
+       each row computes what it would alone.
+    4. Decoding calls ``model.decoder`` with a ``DynamicCache``; rows that finish leave
+       the batch and the cache (``batch_select_indices``), so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+
+from midashenglm.inference.cache import EncoderCache, audio_key
+from midashenglm.inference.kv_cache import make_kv_cache, merge_right_aligned, preallocated
+from midashenglm.inference.params import SamplingParams
+from midashenglm.inference.sampling import Sampler, TextStream, find_stop
+
+FinishReason = Literal["stop", "length", "error"]
+T = TypeVar("T")
+TextCallback = Callable[[str], None]
+
+
+@dataclass
+class Request:
+    """One conversation (official message format, audio parts included) and how to decode it."""
+
+    conversation: list[dict[str, Any]]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str | None = None
+
+
+@dataclass
+class Result:
+    """What one request produced, and what it cost.
+
+    ``token_ids`` are the generated tokens (the final end-of-sequence token included);
+    ``text`` is their decoded text without special tokens, cut before a stop string.
+    ``timings`` (seconds): ``queue`` waiting for a batch, ``encode``/``prefill`` for the
+    whole batch, ``first_token`` from batch start, ``decode`` until this row finished,
+    ``total`` from submission (or loading) to the result.
+    """
+
+    request_id: str | None
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    audio_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    audio_seconds: float = 0.0
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Clip:
+    key: str
+    wave: np.ndarray | None
+    tokens: int
+    seconds: float
+
+
+@dataclass
+class _Item:
+    """A request that loaded: token ids with audio slots expanded, and its clips."""
+
+    index: int
+    request: Request
+    ids: list[int]
+    clips: list[_Clip]
+    prefix_len: int  # tokens up to the end of the last audio part (0 without audio)
+    max_new: int
+    t_start: float
+    on_text: TextCallback | None = None
+    future: Future | None = None
+
+    @property
+    def prefix_key(self) -> tuple:
+        return (tuple(self.ids[: self.prefix_len]), tuple(c.key for c in self.clips))
+
+    @property
+    def audio_tokens(self) -> int:
+        return sum(c.tokens for c in self.clips)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(c.seconds for c in self.clips)
+
+
+class _Row:
+    """Decode state of one batch row."""
+
+    def __init__(self, item: _Item, tokenizer: Any, eos: frozenset[int]) -> None:
+        self.item = item
+        sampling = item.request.sampling
+        self.stops = sampling.stop
+        self.eos = frozenset() if sampling.ignore_eos else eos
+        self.tokens: list[int] = []
+        self.stream = TextStream(tokenizer) if (self.stops or item.on_text) else None
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.emitted = 0
+        self.finish: FinishReason | None = None
+        self.t_first: float | None = None
+        self.t_done = 0.0
+
+    def add(self, token: int, now: float) -> bool:
+        """Take the next token; True when the row is finished."""
+        if self.t_first is None:
+            self.t_first = now
+        self.tokens.append(token)
+        if token in self.eos:
+            self.finish = "stop"
+        elif self.stream is not None:
+            checked = len(self.stream.text)
+            self.stream.push(token)
+            if self.stops and find_stop(self.stream.text, self.stops, max(0, checked - self.hold)) >= 0:
+                self.finish = "stop"
+            elif self.item.on_text is not None:
+                # Hold back what could still become a stop string, so streamed text is final text.
+                self._emit(self.stream.text[: max(self.emitted, len(self.stream.text) - self.hold)])
+        if self.finish is None and len(self.tokens) >= self.item.max_new:
+            self.finish = "length"
+        if self.finish is not None:
+            self.t_done = now
+        return self.finish is not None
+
+    def _emit(self, text: str) -> None:
+        if len(text) > self.emitted and self.item.on_text is not None:
+            delta, self.emitted = text[self.emitted:], len(text)
+            try:
+                self.item.on_text(delta)
+            except Exception:  # noqa: BLE001 - a broken client callback must not stop the batch
+                self.item.on_text = None
+
+    def result(self, tokenizer: Any, timings: dict[str, float]) -> Result:
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        finish = self.finish or "length"
+        cut = find_stop(text, self.stops) if self.stops else -1
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        if self.stream is not None and text.startswith(self.stream.text[: self.emitted]):
+            self._emit(text)
+        item = self.item
+        return Result(
+            request_id=item.request.request_id,
+            text=text,
+            token_ids=list(self.tokens),
+            finish_reason=finish,
+            audio_tokens=item.audio_tokens,
+            prompt_tokens=len(item.ids),
+            completion_tokens=len(self.tokens),
+            audio_seconds=item.audio_seconds,
+            timings={
+                **timings,
+                "first_token": (self.t_first or self.t_done) - timings["_batch_start"],
+                "decode": self.t_done - timings["_decode_start"],
+                "total": self.t_done - item.t_start,
+            },
+        )
+
+
+class Engine:
+    """Batched, cached generation for MiDashengLM.
+
+    ``generate(requests)`` for batch jobs (order preserved; a request whose audio fails
+    gets a Result with ``error`` set and the others go on), ``iter_results`` to consume
+    results as batches finish, ``submit`` for servers (thread-safe, one worker thread,
+    optional streaming of new text). Greedy results are deterministic and equal to
+    running each request alone.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        max_batch_audio_seconds: float = 600.0,
+        max_batch_tokens: int = 32768,
+        max_batch_size: int = 32,
+        encoder_cache_items: int = 256,
+        share_prefix: bool = True,
+        loader_threads: int = 4,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1 or not max_batch_audio_seconds > 0:
+            raise ValueError(
+                "batch budgets must be positive: max_batch_size="
+                f"{max_batch_size}, max_batch_tokens={max_batch_tokens}, "
+                f"max_batch_audio_seconds={max_batch_audio_seconds}"
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.decoder = model.decoder
+        self.tokenizer = processor.tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_audio_seconds = float(max_batch_audio_seconds)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_batch_size = int(max_batch_size)
+        self.share_prefix = share_prefix
+        self.loader_threads = max(1, loader_threads)
+        self.encoder_cache = EncoderCache(encoder_cache_items)
+        self.audio_token_id = model.config.audio_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id or 0
+        self.eos_token_ids = _eos_ids(model.generation_config)
+        self.context_window = getattr(model.config.text_config, "max_position_embeddings", None)
+        self.sample_rate = processor.sample_rate
+        self.stats: Counter[str] = Counter()
+        self._run_lock = threading.RLock()
+        self._tokenizer_lock = threading.Lock()
+        self._worker_lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        **options: Any,
+    ) -> Engine:
+        """Load a checkpoint (folder or Hub id) and build an engine; ``options`` are the budgets."""
+        from midashenglm.checkpoint import load_model
+
+        model, processor = load_model(path_or_id, device=device, dtype=dtype)
+        return cls(model, processor, **options)
+
+    # ------------------------------------------------------------------ batch API
+    def generate(
+        self, requests: Sequence[Request], progress: Callable[[Result], None] | None = None
+    ) -> list[Result]:
+        """Run every request; results in the order of ``requests``.
+
+        ``progress`` is called with each result as its batch finishes.
+        """
+        results: list[Result | None] = [None] * len(requests)
+        for index, result in self.iter_results(requests):
+            results[index] = result
+            if progress is not None:
+                progress(result)
+        return results  # type: ignore[return-value]
+
+    def iter_results(
+        self, requests: Iterable[Request], *, window: int | None = None
+    ) -> Iterator[tuple[int, Result]]:
+        """Yield ``(index, result)`` as batches finish; reads ``requests`` lazily.
+
+        ``window`` requests at a time are loaded (in threads, the next window while the
+        current one computes), sorted by length and batched; a larger window pads less
+        and holds more audio in memory. Default: 4 x ``max_batch_size``, at least 64.
+        """
+        window = window or max(64, 4 * self.max_batch_size)
+        source = enumerate(requests)
+        with ThreadPoolExecutor(self.loader_threads, thread_name_prefix="midashenglm-load") as pool:
+
+            def load_window() -> list[tuple[int, Request, Future]]:
+                return [(i, r, pool.submit(self._load_audio, r)) for i, r in islice(source, window)]
+
+            current = load_window()
+            while current:
+                upcoming = load_window()
+                items: list[_Item] = []
+                for index, request, loading in current:
+                    prepared = self._prepare(index, request, loading)
+                    if isinstance(prepared, Result):
+                        yield index, prepared
+                    else:
+                        items.append(prepared)
+                for batch in self._plan(items):
+                    yield from zip((it.index for it in batch), self._run_batch(batch), strict=True)
+                current = upcoming
+
+    # ----------------------------------------------------------------- server API
+    def submit(self, request: Request, on_text: TextCallback | None = None) -> Future:
+        """Queue one request; returns a Future of its Result. Thread-safe.
+
+        One background worker gathers whatever is waiting (up to ``max_batch_size``),
+        runs it as a batch and resolves the futures. ``on_text`` receives the answer's
+        new text as it is generated (called from the worker thread, never half a
+        character, never text that a stop string later removes); the pieces add up to
+        ``Result.text``.
+        """
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        future: Future = Future()
+        self._queue.put((request, on_text, future, time.perf_counter()))
+        self._ensure_worker()
+        return future
+
+    def close(self) -> None:
+        """Answer what was already submitted, then stop the worker; later submits raise."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join()
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is not None:
+                pending[2].cancel()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._serve, name="midashenglm-engine", daemon=True
+                )
+                self._worker.start()
+
+    def _serve(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            pending = [first]
+            while len(pending) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                pending.append(nxt)
+            try:
+                self._serve_batch(pending)
+            except Exception as err:  # noqa: BLE001 - the worker must outlive any one batch
+                for request, _, future, _ in pending:
+                    if not future.done():
+                        future.set_result(_error_result(request, err))
+
+    def _serve_batch(self, pending: list[tuple[Request, TextCallback | None, Future, float]]) -> None:
+        items = []
+        for index, (request, on_text, future, t_start) in enumerate(pending):
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            prepared = self._prepare(index, request, None, t_start=t_start, on_text=on_text)
+            if isinstance(prepared, Result):
+                future.set_result(prepared)
+            else:
+                prepared.future = future
+                items.append(prepared)
+        for batch in self._plan(items):
+            for item, result in zip(batch, self._run_batch(batch), strict=True):
+                item.future.set_result(result)  # type: ignore[union-attr]
+
+    # -------------------------------------------------------------- preparation
+    def _load_audio(self, request: Request) -> list[tuple[np.ndarray, str]]:
+        """Waveforms and their content keys (hashing runs in the loader threads too)."""
+        waves = [self.processor.load(part) for part in _audio_parts(request.conversation)]
+        return [(wave, audio_key(wave)) for wave in waves]
+
+    def _prepare(
+        self,
+        index: int,
+        request: Request,
+        loading: Future | None,
+        *,
+        t_start: float | None = None,
+        on_text: TextCallback | None = None,
+    ) -> _Item | Result:
+        """Load and tokenize one request; any failure becomes an error Result."""
+        t_start = time.perf_counter() if t_start is None else t_start
+        try:
+            if not isinstance(request, Request):
+                raise TypeError(f"expected a Request, got {type(request).__name__}")
+            loaded = loading.result() if loading is not None else self._load_audio(request)
+            return self._tokenize(index, request, loaded, t_start, on_text)
+        except Exception as err:  # noqa: BLE001 - one bad request never stops the others
+            return _error_result(request, err)
+
+    def _tokenize(
+        self,
+        index: int,
+        request: Request,
+        loaded: list[tuple[np.ndarray, str]],
+        t_start: float,
+        on_text: TextCallback | None,
+    ) -> _Item:
+        waves = [wave for wave, _ in loaded]
+        with self._tokenizer_lock:
+            text = self.processor.apply_chat_template(request.conversation)
+            ids = self.processor(text=text, audio=waves or None)["input_ids"][0].tolist()
+        clips = [
+            _Clip(key, wave, self.processor.num_audio_tokens(len(wave)), len(wave) / self.sample_rate)
+            for wave, key in loaded
+        ]
+        audio_positions = [i for i, t in enumerate(ids) if t == self.audio_token_id]
+        prefix_len = audio_positions[-1] + 1 if audio_positions else 0
+        if prefix_len and prefix_len < len(ids) and ids[prefix_len] == self.processor.audio_eos_id:
+            prefix_len += 1
+        if len(ids) < 2 or prefix_len >= len(ids):
+            raise ValueError("the prompt must end with text after the audio (use the chat template)")
+        max_new = request.sampling.max_new_tokens
+        if self.context_window:
+            room = self.context_window - len(ids)
+            if room < 1:
+                audio = sum(c.tokens for c in clips)
+                raise ValueError(
+                    f"the prompt has {len(ids)} tokens ({audio} of them audio, "
+                    f"{sum(c.seconds for c in clips):.1f} s at 5 tokens/s) but the decoder's "
+                    f"context window is {self.context_window} tokens; shorten the audio"
+                )
+            max_new = min(max_new, room)
+        return _Item(index, request, ids, clips, prefix_len, max_new, t_start, on_text)
+
+    def _plan(self, items: list[_Item]) -> list[list[_Item]]:
+        """Sort by length (rows sharing a prefix stay together) and fill batches to the budgets."""
+        order = sorted(items, key=lambda it: (it.prefix_len, [c.key for c in it.clips],
+                                              it.ids[: it.prefix_len], len(it.ids), it.index))
+        batches: list[list[_Item]] = []
+        current: list[_Item] = []
+        keys: set[str] = set()
+        seconds = 0.0
+        longest = answer = 0
+        for item in order:
+            new_clips = {c.key: c.seconds for c in item.clips if c.key not in keys}
+            rows = len(current) + 1
+            fits = (
+                rows <= self.max_batch_size
+                and seconds + sum(new_clips.values()) <= self.max_batch_audio_seconds
+                and rows * (max(longest, len(item.ids)) + max(answer, item.max_new))
+                <= self.max_batch_tokens
+            )
+            if current and not fits:
+                batches.append(current)
+                current, keys, seconds, longest, answer = [], set(), 0.0, 0, 0
+                new_clips = {c.key: c.seconds for c in item.clips}
+            current.append(item)
+            keys.update(new_clips)
+            seconds += sum(new_clips.values())
+            longest, answer = max(longest, len(item.ids)), max(answer, item.max_new)
+        if current:
+            batches.append(current)
+        return batches
+
+    # ---------------------------------------------------------------- execution
+    def _run_batch(self, items: list[_Item]) -> list[Result]:
+        """Run one batch; if it fails as a whole, run its rows one by one."""
+        with self._run_lock, torch.inference_mode():
+            try:
+                return self._run(items)
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory: retry rows alone
+                if len(items) == 1:
+                    return [_error_result(items[0].request, err)]
+                self.stats["batch_fallbacks"] += 1
+                return [r for item in items for r in self._run_batch([item])]
+            finally:
+                for item in items:
+                    for clip in item.clips:
+                        clip.wave = None  # the audio is no longer needed; free it now
+
+    def _run(self, items: list[_Item]) -> list[Result]:
+        t0 = time.perf_counter()
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(items)
+        audio = self._encode(items)
+        t1 = time.perf_counter()
+        cache, logits, mask, positions = self._prefill(items, audio)
+        t2 = time.perf_counter()
+        timings = {"_batch_start": t0, "_decode_start": t2, "encode": t1 - t0, "prefill": t2 - t1}
+        rows = self._decode(items, cache, logits, mask, positions)
+        results = []
+        for row in rows:
+            result = row.result(self.tokenizer, timings)
+            result.timings["queue"] = t0 - row.item.t_start
+            for key in ("_batch_start", "_decode_start"):
+                result.timings.pop(key)
+            results.append(result)
+        return results
+
+    def _encode(self, items: list[_Item]) -> dict[str, torch.Tensor]:
+        """Embeddings of every distinct clip of the batch: from the cache, else one encoder call."""
+        audio: dict[str, torch.Tensor] = {}
+        todo: dict[str, _Clip] = {}
+        for clip in (c for it in items for c in it.clips):
+            if clip.key in audio or clip.key in todo:
+                continue
+            cached = self.encoder_cache.get(clip.key)
+            if cached is not None:
+                audio[clip.key] = cached
+                self.stats["encoder_cache_hits"] += 1
+            else:
+                todo[clip.key] = clip
+        # The encoder skips empty 10.08 s windows, but its mel front end runs over the padding
+        # too: a 0.5 s clip beside a 30 s one would cost 30 s of front end.
+        for clips in _group_by_length(todo.values(), lambda c: len(c.wave), waste=0.5):  # type: ignore[arg-type]
+            lengths = torch.tensor([len(c.wave) for c in clips])  # type: ignore[arg-type]
+            values = torch.zeros(len(clips), int(lengths.max()))
+            for i, clip in enumerate(clips):
+                values[i, : lengths[i]] = torch.from_numpy(clip.wave)
+            embeds = self.model.encode_audio(values.to(self.device), lengths.to(self.device))
+            for clip, embed in zip(clips, embeds, strict=True):
+                # A copy, so the cache holds this clip only, not the whole padded batch output.
+                audio[clip.key] = embed.clone()
+                self.encoder_cache.put(clip.key, audio[clip.key])
+            self.stats["encoder_calls"] += 1
+            self.stats["encoded_clips"] += len(clips)
+        return audio
+
+    def _embed(self, units: list[list[int]], clip_keys: list[list[str]],
+               audio: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded embeddings with audio in the ``<|AUDIO|>`` slots, and the 2-D mask."""
+        ids, mask = self._left_pad(units)
+        embeds = self.decoder.get_input_embeddings()(ids)
+        slots = (ids == self.audio_token_id) & mask.bool()
+        wanted = [audio[k] for keys in clip_keys for k in keys]
+        if wanted:
+            values = torch.cat(wanted).to(embeds.dtype)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
+        return embeds, mask
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _prefill(self, items: list[_Item], audio: dict[str, torch.Tensor]) -> tuple:
+        """KV cache, next-token logits, 2-D mask and next positions for the batch."""
+        groups: dict[tuple, list[int]] = {}
+        if self.share_prefix:
+            for i, item in enumerate(items):
+                if item.prefix_len:
+                    groups.setdefault(item.prefix_key, []).append(i)
+        shared = [members for members in groups.values() if len(members) > 1]
+
+        units: list[list[int]] = []
+        unit_clips: list[list[str]] = []
+        row_unit = [0] * len(items)
+        suffixes: list[list[int]] = [[] for _ in items]
+        if not shared:
+            units = [it.ids for it in items]
+            unit_clips = [[c.key for c in it.clips] for it in items]
+            row_unit = list(range(len(items)))
+        else:
+            grouped = {i for members in shared for i in members}
+            for members in shared:
+                seqs = [items[i].ids for i in members]
+                cut = _common_prefix(seqs, limit=min(len(s) for s in seqs) - 1)
+                self.stats["shared_prefix_rows"] += len(members)
+                self.stats["shared_prefix_tokens_saved"] += cut * (len(members) - 1)
+                for i in members:
+                    row_unit[i] = len(units)
+                    suffixes[i] = items[i].ids[cut:]
+                units.append(seqs[0][:cut])
+                unit_clips.append([c.key for c in items[members[0]].clips])
+            for i, item in enumerate(items):
+                if i not in grouped:
+                    row_unit[i] = len(units)
+                    units.append(item.ids[:-1])
+                    unit_clips.append([c.key for c in item.clips])
+                    suffixes[i] = item.ids[-1:]
+
+        embeds, mask = self._embed(units, unit_clips, audio)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        capacity = mask.shape[1] + max(len(s) for s in suffixes) + max(it.max_new for it in items)
+        cache, logits = self._prefill_units(embeds, mask, positions, capacity)
+        if not shared:
+            return cache, logits, mask, positions[:, -1] + 1
+
+        index = torch.tensor(row_unit, device=self.device)
+        cache.batch_select_indices(index)
+        suffix_embeds, suffix_mask = self._embed(suffixes, [[] for _ in items], audio)
+        mask = torch.cat([mask[index], suffix_mask], dim=-1)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -suffix_mask.shape[1]:]
+        out = self.decoder(
+            inputs_embeds=suffix_embeds, attention_mask=mask, position_ids=positions,
+            cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        self.stats["prefill_tokens"] += suffix_mask.numel()
+        return out.cache, out.logits[:, -1], mask, positions[:, -1] + 1
+
+    def _prefill_units(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                       capacity: int) -> tuple[Any, torch.Tensor]:
+        """Prefill left-padded prompts in groups of similar length, then join their caches.
+
+        One padded batch would compute every short prompt at the longest one's width; the
+        groups pad little, and the joined cache (shorter rows left-padded with masked
+        zeros) is what one padded prefill would have left, minus the wasted work.
+        """
+        lengths = mask.sum(-1).tolist()
+        groups = list(_group_by_length(range(len(lengths)), lambda i: lengths[i], waste=0.25))
+        cache = make_kv_cache(self.decoder.config, capacity)
+        if len(groups) == 1 or not preallocated(cache):
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                               cache=cache, use_cache=True, logits_to_keep=1)
+            self.stats["prefill_tokens"] += mask.numel()
+            return out.cache, out.logits[:, -1]
+        width = mask.shape[1]
+        parts = []
+        logits = None
+        for rows in groups:
+            span = max(lengths[r] for r in rows)
+            index = torch.tensor(rows, device=self.device)
+            cols = slice(width - span, width)
+            out = self.decoder(
+                inputs_embeds=embeds[index, cols], attention_mask=mask[index, cols],
+                position_ids=positions[index, cols], cache=make_kv_cache(self.decoder.config, span),
+                use_cache=True, logits_to_keep=1,
+            )
+            if logits is None:
+                logits = out.logits.new_empty((len(lengths), out.logits.shape[-1]))
+            logits[index] = out.logits[:, -1]
+            parts.append((index, out.cache))
+            self.stats["prefill_tokens"] += len(rows) * span
+        return merge_right_aligned(parts, len(lengths), width, capacity), logits  # type: ignore[return-value]
+
+    def _decode(self, items: list[_Item], cache: Any, logits: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor) -> list[_Row]:
+        rows = [_Row(item, self.tokenizer, self.eos_token_ids) for item in items]
+        sampler = Sampler([it.request.sampling for it in items], self.device)
+        active = list(range(len(rows)))
+        mask = mask.bool()
+        padded = bool((~mask).any())
+        # With SDPA and full attention, a one-token query needs no causal mask: handing it the
+        # padding mask as a ready 4-D mask skips rebuilding one every step (sliding-window
+        # layers need theirs built). No padding at all: no mask.
+        config = self.decoder.config
+        sdpa = getattr(config, "_attn_implementation", None) == "sdpa" and set(
+            getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+        while True:
+            tokens = sampler(logits)
+            now = time.perf_counter()
+            done = [rows[active[j]].add(t, now) for j, t in enumerate(tokens.tolist())]
+            if all(done):
+                return rows
+            if any(done):
+                keep = [j for j, d in enumerate(done) if not d]
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions, tokens = mask[index], positions[index], tokens[index]
+                sampler.select(keep)
+                active = [active[j] for j in keep]
+                padded = padded and bool((~mask).any())
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
+            attention = (mask[:, None, None, :] if sdpa else mask) if padded else None
+            out = self.decoder(
+                input_ids=tokens[:, None], attention_mask=attention, position_ids=positions[:, None],
+                cache=cache, use_cache=True,
+            )
+            cache, logits = out.cache, out.logits[:, -1]
+            positions = positions + 1
+            self.stats["decode_steps"] += 1
+
+
+# ------------------------------------------------------------------------- helpers
+def _audio_parts(conversation: Any) -> list[dict[str, Any]]:
+    if not isinstance(conversation, list):
+        raise ValueError("a conversation is a list of {'role', 'content'} messages")
+    return [
+        part
+        for message in conversation
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") in ("audio", "input_audio")
+    ]
+
+
+def _group_by_length(things: Iterable[T], length: Callable[[T], int], waste: float) -> Iterator[list[T]]:
+    """Sort by length and cut into groups whose padding is at most ``waste`` of their content."""
+    group: list[T] = []
+    total = 0
+    for thing in sorted(things, key=length):
+        n = length(thing)
+        if group and (len(group) + 1) * n > (1 + waste) * (total + n):
+            yield group
+            group, total = [], 0
+        group.append(thing)
+        total += n
+    if group:
+        yield group
+
+
+def _common_prefix(seqs: list[list[int]], limit: int) -> int:
+    first = seqs[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
+
+def _eos_ids(generation_config: Any) -> frozenset[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _error_result(request: Any, err: BaseException) -> Result:
+    message = str(err) or type(err).__name__
+    if not isinstance(err, ValueError | TypeError | FileNotFoundError | OSError):
+        message = f"{type(err).__name__}: {message}"
+    return Result(
+        request_id=getattr(request, "request_id", None),
+        text="",
+        token_ids=[],
+        finish_reason="error",
+        error=message,
+    )

@@ -1,0 +1,190 @@
+"""Batch-job manifests (JSONL or CSV) and a crash-safe, resumable JSONL result file.
+
+A manifest row names a clip (``audio``: a path, relative paths resolve against the
+manifest's folder) and optionally ``prompt`` and ``system_prompt`` (in a CSV an empty
+cell means the default; in JSONL ``"system_prompt": ""`` means none); every other
+column is carried through to the output. Each output line is the input row plus
+``model_output`` (or ``error``), ``usage`` (audio seconds and tokens, prompt and
+completion tokens, finish reason) and ``_row`` (the row's index in the manifest).
+
+Rows are keyed by ``(_row, audio)``. Every finished row is written as one line, flushed
+and fsynced, so a killed job loses at most the rows in flight; on restart a torn last
+line is cut off and rows already written are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midashenglm.errors import UserError
+
+RESERVED = ("model_output", "error", "usage", "_row")
+
+
+@dataclass
+class ManifestRow:
+    """One manifest record: its index, its columns, and why it is unusable (if it is)."""
+
+    index: int
+    data: dict[str, Any]
+    error: str | None = None
+    audio_path: Path | None = field(default=None)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.index, str(self.data.get("audio", "")))
+
+
+def read_manifest(path: str | os.PathLike) -> Iterator[ManifestRow]:
+    """Rows of a ``.jsonl`` (one JSON object per line) or ``.csv`` (with a header) manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _jsonl_rows(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _csv_rows(path, delimiter="\t" if suffix == ".tsv" else ",")
+    else:
+        raise UserError(f"manifest {path}: use a .jsonl or .csv file (got {suffix or 'no suffix'!r})")
+    for row in rows:
+        yield _check_row(row, path.parent)
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    return sum(1 for _ in read_manifest(path))
+
+
+def _jsonl_rows(path: Path) -> Iterator[ManifestRow]:
+    index = 0
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield ManifestRow(index, {}, f"{path.name} line {number}: invalid JSON ({err.msg})")
+            else:
+                if isinstance(data, dict):
+                    yield ManifestRow(index, data)
+                else:
+                    yield ManifestRow(index, {}, f"{path.name} line {number}: not a JSON object")
+            index += 1
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[ManifestRow]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None or "audio" not in reader.fieldnames:
+            raise UserError(f"manifest {path}: the header has no 'audio' column "
+                            f"(columns: {reader.fieldnames})")
+        for index, data in enumerate(reader):
+            extra = data.pop(None, None)  # type: ignore[call-overload]
+            error = f"{path.name} row {index + 1}: {len(extra)} value(s) beyond the header" if extra else None
+            # A CSV cell cannot be absent, only empty: an empty prompt means "use the default".
+            data = {k: v for k, v in data.items()
+                    if v is not None and not (k in ("prompt", "system_prompt") and v == "")}
+            yield ManifestRow(index, data, error)
+
+
+def _check_row(row: ManifestRow, base: Path) -> ManifestRow:
+    if row.error:
+        return row
+    audio = row.data.get("audio")
+    if not isinstance(audio, str) or not audio.strip():
+        row.error = f"row {row.index}: no 'audio' path"
+        return row
+    for name in ("prompt", "system_prompt"):
+        value = row.data.get(name)
+        if value is not None and not isinstance(value, str):
+            row.error = f"row {row.index}: '{name}' must be a string"
+            return row
+    path = Path(os.path.expanduser(audio))
+    row.audio_path = path if path.is_absolute() else base / path
+    return row
+
+
+def output_record(row: ManifestRow, *, output: str | None = None, error: str | None = None,
+                  usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The output line of one row: its columns, then the answer (or error) and the cost."""
+    record = {k: v for k, v in row.data.items() if k not in RESERVED}
+    record["_row"] = row.index
+    if "audio" not in record:
+        record["audio"] = row.data.get("audio", "")
+    if error is None:
+        record["model_output"] = output
+    else:
+        record["error"] = error
+    if usage:
+        record["usage"] = usage
+    return record
+
+
+class ResultWriter:
+    """Appends result lines durably; knows which manifest rows are already done."""
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False,
+                 retry_errors: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[tuple[int, str]] = set()
+        self.repaired = 0  # bytes of a torn last line that were cut off
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            self._load(retry_errors)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _load(self, retry_errors: bool) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # A kill mid-write leaves a line without its newline: it was never a result.
+            self.repaired = len(data) - end
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+            data = data[:end]
+        kept: list[bytes] = []
+        for number, line in enumerate(data.splitlines(keepends=True), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = (int(record["_row"]), str(record.get("audio", "")))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise UserError(
+                    f"--out {self.path} line {number} is not a result line of this tool "
+                    f"({err}); pass --overwrite to start again or choose another file"
+                ) from None
+            if retry_errors and "error" in record:
+                continue
+            self.done.add(key)
+            kept.append(line)
+        if retry_errors and len(kept) < sum(1 for ln in data.splitlines() if ln.strip()):
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_bytes(b"".join(kept))
+            os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add((int(record["_row"]), str(record.get("audio", ""))))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

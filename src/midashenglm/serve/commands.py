@@ -1,0 +1,112 @@
+"""``midashenglm serve``: the OpenAI-compatible HTTP API and the web page."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midashenglm.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    model: Annotated[str, typer.Option("--model", help="Checkpoint folder (or a Hub id in the local cache).")],
+    host: Annotated[str, typer.Option(help="Address to listen on. The API has no authentication: "
+                                           "keep the default loopback address unless a proxy "
+                                           "in front of it checks who calls.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="The name clients pass as `model` and see in responses. Default: the checkpoint "
+             "folder name (or the Hub id).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (as stored), float32, bfloat16 or float16. "
+                                            "The audio front end always runs in float32.")] = "auto",
+    allow_audio_dir: Annotated[list[Path] | None, typer.Option(
+        "--allow-audio-dir",
+        help="Let `audio_url` parts read files (file:// URLs or absolute paths) inside this "
+             "folder; repeat for several. Symlinks and `..` are resolved first and anything "
+             "outside is refused (403). Without it, audio_url file access is off. http(s) "
+             "URLs are never fetched.")] = None,
+    max_audio_seconds: Annotated[float, typer.Option(
+        help="Most seconds of audio in one request, all clips together (400 beyond).")] = 300.0,
+    max_tokens_limit: Annotated[int, typer.Option(
+        help="Largest max_tokens a request may ask for (400 beyond); also the default when "
+             "a request does not say.")] = 1024,
+    max_body_mb: Annotated[float, typer.Option(
+        help="Largest request body in MiB (413 beyond). Base64 audio is 4/3 of the file: "
+             "16 kHz 16-bit WAV is ~2.5 MiB per minute.")] = 64.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Most requests held at once (being read, queued or generating); one more gets "
+             "429. Bounds memory and wait time.")] = 64,
+    request_timeout: Annotated[float, typer.Option(
+        help="Seconds a request may take in all, queueing included (504 beyond).")] = 300.0,
+    max_batch_size: Annotated[int, typer.Option(
+        help="Most requests the engine decodes together. Bigger batches raise throughput, "
+             "not single-request latency.")] = 32,
+    max_batch_audio_seconds: Annotated[float, typer.Option(
+        help="Most seconds of distinct audio encoded in one batch.")] = 600.0,
+    max_batch_tokens: Annotated[int, typer.Option(
+        help="KV-cache budget of one batch: rows x (longest prompt + longest answer).")] = 32768,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, "
+                                                "info, debug.")] = "info",
+) -> None:
+    """Serve a model: an OpenAI-compatible HTTP API and a web page to ask about clips.
+
+    API: POST /v1/chat/completions with input_audio parts (base64 audio), streaming or
+    not; GET /v1/models; GET /health. The page at / uploads or records a clip, draws it
+    and streams the answer. Concurrent requests are batched by the engine. Try it with the `openai` client:
+    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").
+    """
+    import uvicorn
+    from rich.console import Console
+
+    from midashenglm.serve.app import ServeConfig, create_app
+    from midashenglm.serve.audio_input import allowed_dirs
+
+    console = Console(stderr=True)
+    # Check every option before the (possibly long) model load.
+    config = ServeConfig(
+        served_model_name=served_model_name or _default_name(model),
+        max_audio_seconds=max_audio_seconds,
+        max_tokens_limit=max_tokens_limit,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+        allowed_audio_dirs=allowed_dirs([str(d) for d in allow_audio_dir or ()]),
+    )
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise UserError(f"--log-level {log_level!r}: choose critical, error, warning, info or debug")
+    if not _is_loopback(host):
+        console.print(f"[yellow]warning:[/] listening on {host}: the API has no authentication")
+
+    from midashenglm.inference import Engine
+
+    with console.status(f"loading {model}"):
+        engine = Engine.from_pretrained(
+            model, device=device, dtype=dtype, max_batch_size=max_batch_size,
+            max_batch_audio_seconds=max_batch_audio_seconds, max_batch_tokens=max_batch_tokens)
+    app = create_app(engine, config, close_engine=True)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"serving [bold]{config.served_model_name}[/] at http://{shown}:{port}/ "
+                  f"(API: http://{shown}:{port}/v1)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+def _default_name(model: str) -> str:
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
