@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install system-deps test lint demo dasheng-venv parity bench-encoder clean
+.PHONY: help install system-deps test lint demo dasheng-venv parity bench-encoder bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -58,6 +58,9 @@ parity: install dasheng-venv  ## encoder parity with the original Dasheng (max a
 
 bench-encoder: install dasheng-venv  ## encoder speed vs the dasheng reference, and empty-window skipping
 	$(BIN)/python scripts/bench_encoder.py
+
+bench: install  ## efficiency report: MiDashengLM vs a Qwen2.5-Omni-style baseline, engine vs transformers
+	$(BIN)/midashenglm bench all --scale cpu --out docs/bench
 
 clean:  ## remove build outputs (keeps the venvs)
 	rm -rf out build dist .pytest_cache .ruff_cache src/*.egg-info

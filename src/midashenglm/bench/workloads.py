@@ -1,0 +1,99 @@
+"""Benchmark inputs: random clips, prompts of a fixed text length, and clip-length workloads.
+
+The mixed workload follows the shape of the paper's Figure 3 (training-set sample
+lengths: most clips between 1 and 10 s, a tail up to 30 s). The figure gives no
+numbers, so the bins below are our reading of it, not a digitisation; mean 7.0 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from midashenglm.processing import DEFAULT_SYSTEM_PROMPT
+
+SAMPLE_RATE = 16000
+QUESTION = "Write an audio caption describing the sound"
+
+# (low s, high s, share of clips); uniform within a bin.
+FIGURE3_BINS: tuple[tuple[float, float, float], ...] = (
+    (0.5, 1.0, 0.06),
+    (1.0, 2.0, 0.14),
+    (2.0, 5.0, 0.30),
+    (5.0, 10.0, 0.32),
+    (10.0, 20.0, 0.12),
+    (20.0, 30.0, 0.06),
+)
+
+
+def mixed_lengths(count: int, seed: int = 0) -> list[float]:
+    """``count`` clip lengths in seconds drawn from :data:`FIGURE3_BINS`, in arrival order."""
+    rng = np.random.default_rng(seed)
+    shares = np.array([b[2] for b in FIGURE3_BINS])
+    picks = rng.choice(len(FIGURE3_BINS), size=count, p=shares / shares.sum())
+    return [round(float(rng.uniform(FIGURE3_BINS[i][0], FIGURE3_BINS[i][1])), 2) for i in picks]
+
+
+def random_clip(seconds: float, seed: int) -> np.ndarray:
+    """Noise plus a tone (a realistic dynamic range), float32 at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    n = max(1, round(seconds * SAMPLE_RATE))
+    t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
+    tone = 0.3 * np.sin(2 * np.pi * float(rng.uniform(100, 1000)) * t)
+    return (tone + 0.05 * rng.standard_normal(n)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The text around the audio: a system message and a question."""
+
+    system: str | None
+    question: str
+    text_tokens: int  # prompt tokens that are not audio tokens (markup and bos/eos included)
+
+    def conversation(self, audio: np.ndarray) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if self.system is not None:
+            messages.append({"role": "system", "content": self.system})
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": self.question}],
+            }
+        )
+        return messages
+
+
+def make_prompt(processor: Any, text_tokens: int = 30) -> Prompt:
+    """A prompt with ``text_tokens`` non-audio tokens (the paper's prompts have about 30).
+
+    The question stays; words of the default system prompt (repeated if need be) are
+    added until the count is reached, or as close as the tokenizer allows.
+    """
+    words = (DEFAULT_SYSTEM_PROMPT.split() * 8)[:64]
+    dummy = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    best: Prompt | None = None
+    for k in range(len(words) + 1):
+        system = " ".join(words[:k]) if k else None
+        prompt = Prompt(system, QUESTION, 0)
+        batch = processor(conversations=[prompt.conversation(dummy)])
+        count = int(batch["input_ids"].shape[1]) - processor.num_audio_tokens(len(dummy))
+        prompt = Prompt(system, QUESTION, count)
+        if best is None or abs(count - text_tokens) < abs(best.text_tokens - text_tokens):
+            best = prompt
+        if count >= text_tokens:
+            break
+    assert best is not None
+    return best
+
+
+def conversations(prompt: Prompt, lengths: list[float], seed: int) -> list[list[dict[str, Any]]]:
+    """One conversation per length, each with a fresh random clip."""
+    return [prompt.conversation(random_clip(s, seed * 100_003 + i)) for i, s in enumerate(lengths)]
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    """Consecutive groups of ``size`` (arrival order, the last may be smaller)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
