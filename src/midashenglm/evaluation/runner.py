@@ -8,8 +8,8 @@ cannot be loaded, or an item the model fails on, becomes a row with an ``error``
 (and an empty ``model_output``) instead of stopping the run; ``--retry-errors`` tries
 those again.
 
-Inference goes through one function, :func:`generate_answers`, which is what an
-inference engine replaces.
+Inference goes through one function, :func:`generate_answers`, which hands the batch to
+the inference engine (``midashenglm.inference.Engine``).
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def generate_answers(
 ) -> list[str]:
     """The model's answer to each item (``waveform``: 16 kHz float32, ``prompt``, ``system``).
 
-    Greedy decoding, one padded batch. The one place that runs the model: an inference
-    engine replaces this function.
+    Greedy decoding through the inference engine (batched by length, encoder outputs
+    cached, shared prompt prefixes computed once). The one place that runs the model.
     """
-    import torch
+    from midashenglm.inference.engine import Request, SamplingParams
 
-    conversations = []
+    requests = []
     for it in items:
         messages: list[dict[str, Any]] = []
         if it.get("system"):
@@ -87,11 +87,27 @@ def generate_answers(
             {"type": "audio", "audio": it["waveform"]},
             {"type": "text", "text": it["prompt"]},
         ]})
-        conversations.append(messages)
-    batch = processor(conversations=conversations).to(model.device)
-    with torch.inference_mode():
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    return [text.strip() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
+        requests.append(Request(messages, SamplingParams(max_new_tokens=max_new_tokens)))
+    results = _engine_for(model, processor).generate(requests)
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise RuntimeError(failed[0])
+    return [r.text.strip() for r in results]
+
+
+_ENGINES: dict[tuple[int, int], Any] = {}
+
+
+def _engine_for(model: Any, processor: Any) -> Any:
+    """One engine per loaded model, so its encoder cache lives across batches."""
+    from midashenglm.inference.engine import Engine
+
+    key = (id(model), id(processor))
+    engine = _ENGINES.get(key)
+    if engine is None or engine.model is not model:
+        _ENGINES.clear()  # a new model: the old engine (and its cache) is not needed
+        engine = _ENGINES[key] = Engine(model, processor)
+    return engine
 
 
 def load_item_audio(item: dict[str, Any], sample_rate: int) -> np.ndarray:
