@@ -41,8 +41,8 @@ BAD_LINES = [
      "missing field 'model_output'"),  # 4
     (json.dumps(_row("a", "a") | {"model_output": 7}), "'model_output' is not a string (got int)"),  # 5
     (json.dumps(_row("a", "a") | {"model_output": None}), "'model_output' is not a string (got null)"),  # 6
-    (json.dumps(_row("a", "")), "empty 'model_output'"),  # 7
-    (json.dumps(_row("a", "   ")), "empty 'model_output'"),  # 8
+    (json.dumps(_row("a", "")), "empty model output"),  # 7: WER skips it, as officially
+    (json.dumps(_row("a", "   ")), "empty model output"),  # 8
     (json.dumps({k: v for k, v in _row("a", "a").items() if k != "text"}),
      "missing field 'text'"),  # 9
     (json.dumps(_row("a", "a") | {"text": ["a", "b"]}), "'text' is not a string (got list)"),  # 10
@@ -71,11 +71,23 @@ def test_every_bad_line_is_reported(bad_file):
         assert expected[problem.line] in problem.reason
         assert str(problem).startswith(f"{bad_file}:{problem.line}: ")
     assert result.skipped == len(expected) == 10
-    assert result.skipped_reasons["empty 'model_output'"] == 2
+    assert sum(v for k, v in result.skipped_reasons.items() if "empty model output" in k) == 2
     assert result.skipped_reasons["invalid JSON"] == 1
     assert sum(result.skipped_reasons.values()) == result.skipped
     # nothing is lost: scored + skipped = every non-blank line
     assert result.count + result.skipped == len([line for line, _ in BAD_LINES if line])
+
+
+def test_empty_outputs_count_as_wrong_answers_and_are_listed(tmp_path):
+    rows = [{"dataset_name": "NSynth", "label": "guitar", "model_output": out, "prompt": "p"}
+            for out in ("a guitar", "", "bass")]
+    path = tmp_path / "nsynth.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = score_file(path)
+    assert result.metric == "accuracy" and result.count == 3 and result.skipped == 0
+    assert result.value == pytest.approx(1 / 3)  # the empty answer is wrong, as officially
+    assert [(p.line, p.reason) for p in result.empty_outputs] == [(2, "empty 'model_output'")]
+    assert result.to_json()["empty_outputs"] == 1
 
 
 def test_cli_lists_problems_and_prints_json(bad_file):

@@ -107,6 +107,9 @@ def _register_evaluate(app: typer.Typer) -> None:
             if len(result.problems) > max_problems:
                 err.print(f"[yellow]skipped[/] {path}: ... and "
                           f"{len(result.problems) - max_problems} more", highlight=False)
+            for note in result.empty_outputs[:max_problems]:
+                err.print(f"[yellow]empty output, scored as a wrong answer[/] {note}",
+                          highlight=False)
             results.append(result)
             if as_json:
                 print(json.dumps(result.to_json(details=details), ensure_ascii=False),

@@ -63,6 +63,9 @@ class ResultFile:
     path: Path
     rows: list[ResultRow] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # Rows kept although their output is empty: the official scripts score them (a wrong
+    # answer for accuracy metrics, a skipped pair for WER), so they are scored, and listed.
+    empty_outputs: list[Problem] = field(default_factory=list)
 
     @property
     def dataset_names(self) -> Counter[str]:
@@ -118,6 +121,8 @@ def read_results(path: str | Path) -> ResultFile:
                     result.problems.append(Problem(name, number, reason))
                 else:
                     result.rows.append(ResultRow(row, number))
+                    if not row["model_output"].strip():
+                        result.empty_outputs.append(Problem(name, number, "empty 'model_output'"))
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return result
@@ -139,8 +144,6 @@ def parse_line(line: str) -> tuple[dict[str, Any], None] | tuple[None, str]:
     output = row["model_output"]
     if not isinstance(output, str):
         return None, f"'model_output' is not a string (got {_type_name(output)})"
-    if not output.strip():
-        return None, "empty 'model_output'"
     return row, None
 
 

@@ -113,6 +113,8 @@ class ScoreResult:
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # scored rows whose output was empty (counted as the official scripts count them)
+    empty_outputs: list[Problem] = field(default_factory=list)
 
     def to_json(self, *, details: bool = False) -> dict[str, Any]:
         """The ``--json`` line: value ``None`` when nothing could be scored."""
@@ -124,6 +126,7 @@ class ScoreResult:
             "count": self.count,
             "skipped": self.skipped,
             "skipped_reasons": self.skipped_reasons,
+            "empty_outputs": len(self.empty_outputs),
         }
         if details:
             out["details"] = self.details
@@ -194,6 +197,8 @@ def score_file(path: str | Path, metric: str | None = None, **options: Any) -> S
         options["lang"] = language_for_dataset(dataset)
     result = score_rows(results.rows, metric, file=str(path), dataset=dataset,
                         problems=results.problems, **options)
+    skipped_lines = {p.line for p in result.problems}
+    result.empty_outputs = [p for p in results.empty_outputs if p.line not in skipped_lines]
     if len(names) > 1:
         result.details["datasets"] = dict(names)
     return result
