@@ -110,3 +110,15 @@ def test_rows_for_mecat_groups():
     assert by_label["MECAT Pure Speech"].value == pytest.approx(40.0)
     assert by_label["MECAT Pure Speech"].paper.ours == 50.69
     assert by_label["MECAT Environment"].difference == pytest.approx(60.0 - 51.38)
+
+
+def test_fense_rows_compare_the_official_unpenalised_average(tmp_path):
+    """The official compute_fense.py averages the similarity before the penalty."""
+    from midashenglm.evaluation.report import rows_for_result
+    from midashenglm.evaluation.scoring import ScoreResult
+
+    result = ScoreResult(file="x", dataset="AutoACD", metric="fense", value=0.60, count=10,
+                         skipped=0, details={"fense": 0.60, "similarity": 0.66})
+    row = rows_for_result(tmp_path / "MiDashengLM_AutoACD.jsonl", result)[0]
+    assert row.value == pytest.approx(66.0)
+    assert any("penalised FENSE 60.00" in note for note in row.notes)

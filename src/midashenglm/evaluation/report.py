@@ -91,6 +91,11 @@ def rows_for_result(path: Path, result: Any) -> list[ReportRow]:
     details = getattr(result, "details", None) or {}
     notes = _notes(result)
     value = _percent(getattr(result, "value", None))
+    if metric == "fense" and isinstance(details.get("similarity"), int | float):
+        # The official compute_fense.py (hence the paper) averages the similarity before
+        # the fluency penalty: compare that, and show the penalised value beside it.
+        notes.append(f"penalised FENSE {value:.2f}" if value is not None else "penalised FENSE n/a")
+        value = _percent(details["similarity"])
     rows = [ReportRow(path.name, model, dataset, None, metric, value,
                       getattr(result, "count", None), P.paper_row(dataset), notes)]
     seen = {id(rows[0].paper)}
