@@ -8,7 +8,8 @@ Measures on the same model and the same mixed-length clips (0.3 s .. 30 s):
   * ``loop``: ``model.generate`` one request at a time;
   * ``naive-N``: fixed batches of N requests in arrival order through ``model.generate``;
   * ``engine-N``: ``Engine.generate`` with ``max_batch_size=N`` (length sorting, encoder
-    batching by length, preallocated KV cache, finished rows leaving the batch);
+    batching by length, preallocated KV cache, continuous batching: finished rows leave
+    the batch and waiting requests take their place);
   * ``engine``: the same with its default budgets (up to 32 rows, 600 s of audio);
 and five questions about one clip: one engine call with all five vs one question alone
 (target: <= 1.5x) vs five independent ``model.generate`` calls.
@@ -17,8 +18,12 @@ All runs are greedy and produce the same tokens (checked), so they do the same w
 Random weights rarely emit the end token, so the table is printed twice: with answers of
 full length (``--max-new-tokens``), and with a token the model emits at varied depths taken
 as the end token, so answers vary in length as a trained model's do (there the engine's
-finished rows leave the batch while ``model.generate`` keeps computing them). Each timing
-is the best of ``--repeat`` round-robin runs (the machine may be shared).
+finished rows leave the batch while ``model.generate`` keeps computing them). A third
+table gives each request the answer length of a task drawn from the benchmark's realistic
+mix (``midashenglm.bench.workloads.TASKS``: ASR ~3 tokens per second of speech, captions
+15-40, labels 2-8, closed QA 1-3, open QA 10-40) with the task's own prompt; a batch of
+``model.generate`` then runs to its longest answer. Each timing is the best of
+``--repeat`` round-robin runs (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -99,13 +104,17 @@ def conversation(wave: np.ndarray, question: str) -> list[dict[str, Any]]:
 
 
 def hf_generate(model: Any, processor: Any, convs: list[list[dict]], batch: int,
-                max_new: int) -> list[list[int]]:
+                max_new: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Greedy ``model.generate`` in batches; with ``lengths`` (one per request), each batch
+    runs to its longest and every row is cut to its own length."""
     out: list[list[int]] = []
     eos = model.generation_config.eos_token_id
     for start in range(0, len(convs), batch):
+        wanted = lengths[start:start + batch] if lengths else [max_new] * len(convs[start:start + batch])
         inputs = processor.apply_chat_template(convs[start:start + batch], tokenize=True)
-        tokens = model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
-        for row in tokens.tolist():
+        tokens = model.generate(**inputs, max_new_tokens=max(wanted), do_sample=False)
+        for row, n in zip(tokens.tolist(), wanted, strict=True):
+            row = row[:n]
             # Padding after an early end is not an answer token.
             out.append(row[: row.index(eos) + 1] if eos in row else row)
     return out
@@ -121,19 +130,21 @@ def timed(fn: Any, repeat: int = 1) -> tuple[float, Any]:
     return best, value
 
 
-def throughput(model: Any, processor: Any, convs: list[list[dict]], args: argparse.Namespace) -> dict:
-    """Best round-robin times of the four ways to run ``convs``, and their tokens."""
+def throughput(model: Any, processor: Any, convs: list[list[dict]], args: argparse.Namespace,
+               lengths: list[int] | None = None) -> dict:
+    """Best round-robin times of the four ways to run ``convs``, and their tokens
+    (``lengths``: the answer length of each request, else ``--max-new-tokens``)."""
     from midashenglm.inference import Engine, Request, SamplingParams
 
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
+    lengths = lengths or [args.max_new_tokens] * len(convs)
+    requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, lengths, strict=True)]
 
     def engine_run(batch: int) -> Any:
-        return lambda: Engine(model, processor, max_batch_size=batch).generate(
-            [Request(c, sampling) for c in convs])
+        return lambda: Engine(model, processor, max_batch_size=batch).generate(requests)
 
     runs = {
-        "loop": lambda: hf_generate(model, processor, convs, 1, args.max_new_tokens),
-        "naive": lambda: hf_generate(model, processor, convs, args.batch, args.max_new_tokens),
+        "loop": lambda: hf_generate(model, processor, convs, 1, args.max_new_tokens, lengths),
+        "naive": lambda: hf_generate(model, processor, convs, args.batch, args.max_new_tokens, lengths),
         "engine": engine_run(args.batch),
         "budget": engine_run(32),
     }
@@ -228,6 +239,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from midashenglm.bench.workloads import draw_tasks
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,6 +264,12 @@ def main() -> None:
         model.generation_config.eos_token_id = eos
         print_table(f"answers of varied length (token {end} taken as the end token)", varied, args)
 
+        tasks = draw_tasks([len(w) / 16000 for w in waves], seed=0)
+        task_convs = [conversation(w, t.question) for w, t in zip(waves, tasks, strict=True)]
+        mix = throughput(model, processor, task_convs, args, [t.new_tokens for t in tasks])
+        print_table("answers of task-mix length (bench.workloads.TASKS: ASR 3 tokens/s, captions 15-40, "
+                    "labels 2-8, closed QA 1-3, open QA 10-40)", mix, args)
+
         clip = waves[int(np.argmax([len(w) for w in waves]))]  # the 30 s clip
         five = five_questions(model, processor, clip, args)
     s = five["seconds"]
@@ -267,6 +285,7 @@ def main() -> None:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "audio_seconds": audio_seconds, "full_length": full, "varied_length": varied,
+            "task_mix": mix, "tasks": [t.as_dict() for t in tasks],
             "five_questions": five,
         }
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")

@@ -19,9 +19,11 @@ from midashenglm.bench.baseline import (
 from midashenglm.bench.models import build_models, scale_spec
 from midashenglm.bench.workloads import (
     FIGURE3_BINS,
+    TASKS,
     conversations,
     make_prompt,
     mixed_lengths,
+    realistic_requests,
 )
 
 from .conftest import clip
@@ -143,6 +145,24 @@ def test_scale_specs_and_workloads():
     assert all(lo <= s <= hi for s in lengths)
     share_1_to_10 = np.mean([1.0 <= s <= 10.0 for s in lengths])
     assert 0.7 < share_1_to_10 < 0.85  # "the majority of samples are between 1 and 10 s"
+
+    # The realistic task mix: the same clip lengths, tasks by their shares, answer lengths
+    # in each task's range (ASR: 3 tokens per second of speech, +-20 %).
+    requests = realistic_requests(2000, seed=0)
+    assert requests == realistic_requests(2000, seed=0)
+    assert [r.seconds for r in requests] == lengths
+    tasks = {t.name: t for t in TASKS}
+    for task in TASKS:
+        share = np.mean([r.task == task.name for r in requests])
+        assert abs(share - task.share) < 0.04
+    for r in requests:
+        task = tasks[r.task]
+        assert r.question in task.questions
+        if task.tokens_per_second:
+            assert 0.8 * 3 * r.seconds - 1 <= r.new_tokens <= max(2, 1.2 * 3 * r.seconds + 1)
+        else:
+            assert task.answer_tokens[0] <= r.new_tokens <= task.answer_tokens[1]
+    assert 10 < np.mean([r.new_tokens for r in requests]) < 30
 
 
 def test_prompt_has_the_requested_text_tokens(models):

@@ -50,7 +50,9 @@ def test_help_lists_every_command():
 def test_all_prints_the_three_comparisons(report_dir):
     printed = (report_dir / "stdout.txt").read_text()
     assert "1. architecture: TTFT at 3 s" in printed
-    assert "2. implementation:" in printed
+    assert "2. implementation" in printed
+    assert "realistic task mix (answers" in printed
+    assert "implementation, realistic task mix: engine (at most 2 rows, continuous batching)" in printed
     assert "3. hardware:" in printed
 
 
@@ -71,7 +73,27 @@ def test_report_json_holds_every_section(report_dir):
     for run in report["mixed"]["runs"]:
         per_request = 1 if run["loop"] == "prompt_only" else 3
         assert run["new_tokens_made"] == run["requests"] * per_request
+    # The realistic task mix: the engine makes exactly the tokens each request asked for;
+    # transformers batches compute every row up to the batch's longest answer.
+    real = report["realistic"]
+    asked = sum(r["new_tokens"] for r in real["requests"])
+    loops = {(r["model"], r["loop"]) for r in real["runs"]}
+    assert {(m, "transformers_batched") for m in ("midashenglm", "baseline", "baseline_pad30")} <= loops
+    assert {(m, "engine") for m in ("midashenglm", "baseline", "baseline_pad30")} <= loops
+    assert {("midashenglm", "transformers_one_at_a_time"), ("midashenglm", "engine_default")} <= loops
+    for run in real["runs"]:
+        if run["loop"] == "transformers_one_at_a_time":
+            continue
+        assert run["new_tokens_made"] == asked
+        if run["loop"].startswith("engine"):
+            assert run["new_tokens_computed"] == asked
+        else:
+            assert run["new_tokens_computed"] >= asked
     comparisons = report["comparisons"]
+    assert {"transformers_vs_baseline", "transformers_vs_baseline_pad30", "engine_vs_baseline",
+            "engine_vs_baseline_pad30"} <= set(comparisons["architecture"]["realistic"])
+    assert {"vs_transformers_batched", "vs_transformers_one_at_a_time",
+            "engine_default_vs_transformers_batched"} <= set(comparisons["implementation"]["realistic"])
     assert {"ttft", "throughput_30s", "mixed_vs_baseline", "mixed_prompt_only_vs_baseline"} <= set(
         comparisons["architecture"]
     )
@@ -90,7 +112,8 @@ def test_report_md_and_plots(report_dir):
                     "## Analytical cost per request"):
         assert heading in text
     assert "180 / 780" in text  # the paper's 30 s prefill tokens, in the analytic table
-    for name in ("ttft.png", "throughput.png", "comparisons.png"):
+    assert "**Realistic task mix**" in text and "Transcribe the speech into text <\\|en\\|>" in text
+    for name in ("ttft.png", "throughput.png", "comparisons.png", "realistic.png"):
         path = report_dir / name
         assert path.stat().st_size < 300_000
         with Image.open(path) as image:

@@ -211,6 +211,81 @@ def test_max_new_tokens_per_row_and_finished_rows_leave_the_batch(tiny_model, pr
     assert rows_seen == [2, 2, 1, 1, 1, 1, 1]
 
 
+def test_waiting_requests_join_the_running_batch(tiny_model, processor):
+    """Continuous batching: rows with short answers finish, waiting requests are prefilled and
+    merged into the running batch mid-decode, and every request gets its tokens alone."""
+    answers = [40, 2, 3, 1, 30, 4, 2, 6, 25]
+    convs = [conversation(clip(0.5 + 0.7 * i, seed=i)) for i in range(len(answers))]
+    requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, answers, strict=True)]
+    seeded = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5, ignore_eos=True)
+    requests.append(Request(conversation(clip(9.0, seed=11)), seeded))
+    rows_seen: list[int] = []
+    handle = tiny_model.decoder.register_forward_hook(
+        lambda module, args, kwargs, output: rows_seen.append(output.logits.shape[0]), with_kwargs=True)
+    try:
+        engine = Engine(tiny_model, processor, max_batch_size=3)
+        results = engine.generate(requests)
+    finally:
+        handle.remove()
+    expected = [alone(tiny_model, processor, c, n) for c, n in zip(convs, answers, strict=True)]
+    assert [r.token_ids for r in results[:-1]] == expected
+    single = Engine(tiny_model, processor, max_batch_size=1).generate(requests[-1:])[0]
+    assert results[-1].token_ids == single.token_ids and len(single.token_ids) == 12
+    assert all(r.finish_reason in ("stop", "length") for r in results)
+    # Requests joined a batch that was decoding, which never held more than three rows.
+    assert engine.stats["joined_running_batch"] >= 5
+    assert engine.stats["batches"] < engine.stats["prefills"]
+    assert max(rows_seen) == 3
+    # Static batches of three (by clip length) would decode until the longest answer of
+    # each batch; joining keeps the batch full and needs fewer steps.
+    made = [len(r.token_ids) for r in results]
+    static_steps = sum(max(made[i:i + 3]) - 1 for i in range(0, len(made), 3))
+    assert engine.stats["decode_steps"] < static_steps
+
+
+def test_submitted_requests_join_a_running_request(tiny_model, processor):
+    long = Request(conversation(clip(0.6, seed=1)), SamplingParams(max_new_tokens=60, ignore_eos=True))
+    short = [Request(conversation(clip(1.0 + i, seed=2 + i)), SamplingParams(max_new_tokens=4),
+                     request_id=str(i)) for i in range(3)]
+    pieces: dict[str, list[str]] = {r.request_id: [] for r in short}
+    with Engine(tiny_model, processor, max_batch_size=2) as engine:
+        first = engine.submit(long)
+        later = [engine.submit(r, on_text=pieces[r.request_id].append) for r in short]
+        results = [f.result(timeout=60) for f in later]
+        assert first.result(timeout=60).completion_tokens == 60
+    assert [r.token_ids for r in results] == [alone(tiny_model, processor, r.conversation, 4)
+                                              for r in short]
+    assert all("".join(pieces[r.request_id]) == r.text for r in results)
+    assert engine.stats["joined_running_batch"] >= 2
+
+
+class _FailsOnBatchedSteps:
+    """The decoder, except that a decode step of more than one row fails (as out of memory would)."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def __getattr__(self, name):
+        return getattr(self.decoder, name)
+
+    def __call__(self, **kwargs):
+        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[0] > 1:
+            raise RuntimeError("out of memory (simulated)")
+        return self.decoder(**kwargs)
+
+
+def test_a_failing_batch_runs_its_requests_alone(tiny_model, processor):
+    convs = [conversation(clip(1.0 + i, seed=i)) for i in range(3)]
+    requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, (5, 2, 7), strict=True)]
+    engine = Engine(tiny_model, processor)
+    engine.decoder = _FailsOnBatchedSteps(engine.decoder)
+    results = engine.generate(requests)
+    assert [r.error for r in results] == [None] * 3
+    assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)
+                                              for c, n in zip(convs, (5, 2, 7), strict=True)]
+    assert engine.stats["batch_fallbacks"] == 1 and engine.stats["joined_running_batch"] == 0
+
+
 def test_eos_stops_a_row_unless_ignored(tiny_model, processor):
     engine = Engine(tiny_model, processor)
     request = Request(conversation(clip(2.0)), SamplingParams(max_new_tokens=12, ignore_eos=True))

@@ -6,6 +6,10 @@ the audio path, the decoder. "transformers" means ``model.generate`` (which call
 the decoder's transformers ``generate``), greedy, exactly ``new_tokens`` new tokens
 (``min_new_tokens = max_new_tokens``, so EOS never ends a row early); "engine" means
 ``midashenglm.inference.Engine`` with ``ignore_eos``, its encoder cache off.
+
+Two mixed-length workloads: the fixed one (every request makes ``new_tokens``, as the
+paper's Table 13) and the realistic task mix (:data:`workloads.TASKS`: each request
+asks for its own answer length).
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from midashenglm.bench.measure import (
     time_call,
 )
 from midashenglm.bench.models import BenchModels
-from midashenglm.bench.workloads import batches, conversations, make_prompt, mixed_lengths
+from midashenglm.bench.workloads import (
+    TASKS,
+    TaskRequest,
+    batches,
+    conversations,
+    make_prompt,
+    mixed_lengths,
+    realistic_requests,
+    task_conversations,
+)
 
 MODELS = ("midashenglm", "baseline", "baseline_pad30")
 
@@ -50,6 +63,8 @@ class Settings:
     mixed_requests: int = 16
     mixed_batch: int = 8
     one_at_a_time_requests: int = 4
+    realistic_requests: int = 32  # the task mix: per-request answer lengths
+    realistic_one_at_a_time: int = 16
     text_tokens: int = 30
     memory_budget_gib: float | None = None
     seed: int = 0
@@ -67,6 +82,8 @@ class Settings:
                 mixed_requests=128,
                 mixed_batch=32,
                 one_at_a_time_requests=8,
+                realistic_requests=128,
+                realistic_one_at_a_time=16,
                 efficiency_batches=(1, 8, 32),
             )
         if quick:
@@ -81,6 +98,8 @@ class Settings:
                 mixed_requests=8,
                 mixed_batch=4,
                 one_at_a_time_requests=4,
+                realistic_requests=8,
+                realistic_one_at_a_time=4,
             )
         return settings
 
@@ -162,12 +181,14 @@ class Suite:
             **limits,
         )
 
-    def engine_generate(self, engine: Any, convs: list[Any], new_tokens: int) -> int:
+    def engine_generate(self, engine: Any, convs: list[Any], new_tokens: int | list[int]) -> int:
+        """The engine on ``convs``, ``new_tokens`` each (or one count per conversation)."""
         from midashenglm.inference.engine import Request
         from midashenglm.inference.sampling import SamplingParams
 
-        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        results = engine.generate([Request(c, params) for c in convs])
+        counts = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(convs)
+        results = engine.generate([Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True))
+                                   for c, n in zip(convs, counts, strict=True)])
         failed = [r.error for r in results if not r.ok]
         if failed:
             raise RuntimeError(f"the engine failed {len(failed)} request(s): {failed[0]}")
@@ -200,6 +221,7 @@ class Suite:
             self.results["memory"] = self.memory_summary(self.results["throughput"])
         if "throughput" in sections:
             self.results["mixed"] = self.measure_mixed()
+            self.results["realistic"] = self.measure_realistic()
         self.results["comparisons"] = self.comparisons()
         if self.skipped:
             self.results["skipped_for_time_budget"] = self.skipped
@@ -452,27 +474,8 @@ class Suite:
 
         def measure(name: str, loop: str, description: str, run: Callable[[list[Any]], int],
                     requests: list[float]) -> None:
-            if self.out_of_time(f"mixed {name} {loop}"):
-                return
-            made: list[int] = []
-            stats = self._time(
-                lambda convs: made.append(run(convs)),
-                lambda i: self._conversations(requests),
-                warmup=0,
-                repeats=s.throughput_repeats,
-            )
-            out["runs"].append(
-                {
-                    "model": name,
-                    "loop": loop,
-                    "description": description,
-                    "requests": len(requests),
-                    "time": stats.as_dict(),
-                    "samples_per_s": len(requests) / stats.median,
-                    "new_tokens_made": made[-1],
-                }
-            )
-            self.advance(f"mixed {name} {loop}")
+            self._measure_run(out, "mixed", name, loop, description, run,
+                              lambda: self._conversations(requests), len(requests))
 
         for name in MODELS:
             measure(name, "transformers_batched",
@@ -502,6 +505,100 @@ class Suite:
             measure("midashenglm", "engine_default",
                     f"inference engine, default budgets (at most {eng.max_batch_size} rows)",
                     lambda convs, e=eng: self.engine_generate(e, convs, tokens), lengths)
+        else:
+            out["engine"] = "not available: midashenglm.inference.engine is not installed"
+        return out
+
+    def _measure_run(self, out: dict[str, Any], workload: str, name: str, loop: str, description: str,
+                     run: Callable[[list[Any]], Any], make: Callable[[], list[Any]], count: int) -> None:
+        """Time ``run`` on fresh conversations from ``make`` and add the row to ``out["runs"]``.
+
+        ``run`` returns the new tokens the requests asked for, or (asked for, computed).
+        """
+        if self.out_of_time(f"{workload} {name} {loop}"):
+            return
+        made: list[Any] = []
+        stats = self._time(
+            lambda convs: made.append(run(convs)),
+            lambda i: make(),
+            warmup=0,
+            repeats=self.settings.throughput_repeats,
+        )
+        asked, computed = made[-1] if isinstance(made[-1], tuple) else (made[-1], made[-1])
+        out["runs"].append(
+            {
+                "model": name,
+                "loop": loop,
+                "description": description,
+                "requests": count,
+                "time": stats.as_dict(),
+                "samples_per_s": count / stats.median,
+                "new_tokens_made": asked,
+                "new_tokens_computed": computed,
+            }
+        )
+        self.advance(f"{workload} {name} {loop}")
+
+    def measure_realistic(self) -> dict[str, Any]:
+        """The task mix (:data:`workloads.TASKS`): every request asks for its own answer length.
+
+        transformers runs batches in arrival order with ``max_new_tokens`` = the longest
+        answer of the batch (a plain batched ``generate`` runs every row that long; only
+        the tokens asked for count); the engine gives each request its own length, and
+        rows that finish make room for waiting requests (continuous batching).
+        """
+        s = self.settings
+        requests = realistic_requests(s.realistic_requests, s.seed)
+        out: dict[str, Any] = {
+            "tasks": [asdict(t) for t in TASKS],
+            "requests": [r.as_dict() for r in requests],
+            "lengths_s": [r.seconds for r in requests],
+            "mean_length_s": sum(r.seconds for r in requests) / len(requests),
+            "mean_new_tokens": sum(r.new_tokens for r in requests) / len(requests),
+            "batch": s.mixed_batch,
+            "runs": [],
+        }
+
+        def naive(name: str, size: int, reqs: list[TaskRequest]) -> Callable[[list[Any]], tuple[int, int]]:
+            wanted = [r.new_tokens for r in reqs]
+
+            def run(convs: list[Any]) -> tuple[int, int]:
+                asked = computed = 0
+                for start in range(0, len(convs), size):
+                    group = wanted[start:start + size]
+                    computed += self.generate(name, convs[start:start + size], max(group))
+                    asked += sum(group)
+                return asked, computed
+
+            return run
+
+        def measure(name: str, loop: str, description: str, run: Callable[[list[Any]], Any],
+                    reqs: list[TaskRequest]) -> None:
+            self._measure_run(out, "realistic", name, loop, description, run,
+                              lambda: task_conversations(reqs, self._fresh_seed()), len(reqs))
+
+        for name in MODELS:
+            measure(name, "transformers_batched",
+                    f"transformers generate, batches of {s.mixed_batch} in arrival order, each "
+                    "batch as long as its longest answer", naive(name, s.mixed_batch, requests), requests)
+        step = max(1, len(requests) // s.realistic_one_at_a_time)
+        few = requests[::step][: s.realistic_one_at_a_time]
+        measure("midashenglm", "transformers_one_at_a_time",
+                f"transformers generate, one request at a time ({len(few)} of the requests, one in "
+                f"{step}, mean {sum(r.seconds for r in few) / len(few):.1f} s, "
+                f"{sum(r.new_tokens for r in few) / len(few):.1f} tokens)", naive("midashenglm", 1, few), few)
+        if s.engine and engine_available():
+            wanted = [r.new_tokens for r in requests]
+            for name in MODELS:
+                eng = self.engine(name, s.mixed_batch)
+                self.engine_generate(eng, task_conversations(requests[:2], self._fresh_seed()), 2)  # warm-up
+                measure(name, "engine",
+                        f"inference engine, at most {s.mixed_batch} rows, continuous batching",
+                        lambda convs, e=eng: self.engine_generate(e, convs, wanted), requests)
+            eng = self.engine("midashenglm", None)
+            measure("midashenglm", "engine_default",
+                    f"inference engine, default budgets (at most {eng.max_batch_size} rows)",
+                    lambda convs, e=eng: self.engine_generate(e, convs, wanted), requests)
         else:
             out["engine"] = "not available: midashenglm.inference.engine is not installed"
         return out
@@ -578,11 +675,43 @@ class Suite:
                 impl["status"] = r["mixed"].get("engine", "engine not measured")
             if ours and one:
                 impl["transformers_batched_vs_one_at_a_time"] = ours / one
+        if "realistic" in r:
+            arch["realistic"], impl["realistic"] = _realistic_ratios(r["realistic"])
         hw: list[dict[str, Any]] = []
         for row in r.get("efficiency", []):
             if row.get("status") == "ok":
                 hw.append({k: row[k] for k in ("model", "stage", "batch", "flops_per_s", "fraction_of_peak")})
         return {"architecture": arch, "implementation": impl, "hardware": hw}
+
+
+def _realistic_ratios(realistic: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Architecture and implementation ratios (samples/s) of the realistic task mix."""
+    runs = {(x["model"], x["loop"]): x["samples_per_s"] for x in realistic["runs"]}
+
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+        return runs[a] / runs[b] if a in runs and b in runs else None
+
+    arch = {
+        "transformers_vs_baseline": ratio(("midashenglm", "transformers_batched"),
+                                          ("baseline", "transformers_batched")),
+        "transformers_vs_baseline_pad30": ratio(("midashenglm", "transformers_batched"),
+                                                ("baseline_pad30", "transformers_batched")),
+        "engine_vs_baseline": ratio(("midashenglm", "engine"), ("baseline", "engine")),
+        "engine_vs_baseline_pad30": ratio(("midashenglm", "engine"), ("baseline_pad30", "engine")),
+    }
+    ours = ("midashenglm", "transformers_batched")
+    impl = {
+        "engine_samples_per_s": runs.get(("midashenglm", "engine")),
+        "vs_transformers_batched": ratio(("midashenglm", "engine"), ours),
+        "vs_transformers_one_at_a_time": ratio(("midashenglm", "engine"),
+                                               ("midashenglm", "transformers_one_at_a_time")),
+        "engine_default_vs_transformers_batched": ratio(("midashenglm", "engine_default"), ours),
+        "transformers_batched_vs_one_at_a_time": ratio(ours, ("midashenglm", "transformers_one_at_a_time")),
+    }
+    if "engine" in realistic:
+        impl["status"] = realistic["engine"]
+    return ({k: v for k, v in arch.items() if v is not None},
+            {k: v for k, v in impl.items() if v is not None})
 
 
 def _linear_fit(xs: list[int], ys: list[int]) -> tuple[float, float] | None:

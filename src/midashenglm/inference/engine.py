@@ -1,22 +1,28 @@
-"""Batched inference: budgets instead of a fixed batch size, one encoder pass per clip,
-shared prompt prefixes, and a lean KV-cached decode loop.
+"""Batched inference: budgets instead of a fixed batch size, continuous batching, one
+encoder pass per clip, shared prompt prefixes, and a lean KV-cached decode loop.
 
-How a batch runs
+How requests run
     1. Requests are loaded (audio through ``processor.load``, prompts through the
-       processor's template and audio-token expansion), sorted by prompt length and cut
-       into batches that fit ``max_batch_size`` rows, ``max_batch_audio_seconds`` of
-       distinct audio and ``max_batch_tokens`` KV-cache slots (rows x longest prompt +
-       longest answer).
-    2. Every distinct clip (by content hash) goes through the encoder once; the
+       processor's template and audio-token expansion), sorted by prompt length and
+       queued.
+    2. Continuous batching: the batch is filled from the queue up to ``max_batch_size``
+       rows, ``max_batch_audio_seconds`` of distinct audio and ``max_batch_tokens``
+       KV-cache slots (rows x (widest prompt + longest answer still to come)). Rows that
+       finish leave the batch and the cache (``batch_select_indices``); between decode
+       steps, queued requests that fit the budgets are prefilled and their KV cache is
+       merged into the running one (right-aligned, the narrower side left-padded with
+       masked zeros), so the batch stays full instead of draining to its longest answer.
+    3. Every distinct clip (by content hash) goes through the encoder once; the
        embeddings stay in a bounded LRU cache, so five questions about one clip, in one
        batch or in five, encode it once.
-    3. Rows whose prompts agree up to the end of their audio (same system prompt, user
-       header, same clip) share that prefix: its KV is computed once and copied to each
-       row, which then runs only its own suffix. The 2-D attention mask keeps padding
-       between prefix and suffix, and positions come from the mask's cumulative sum, so
-       each row computes what it would alone.
-    4. Decoding calls ``model.decoder`` with a ``DynamicCache``; rows that finish leave
-       the batch and the cache (``batch_select_indices``), so they stop costing compute.
+    4. Requests prefilled together whose prompts agree up to the end of their audio (same
+       system prompt, user header, same clip) share that prefix: its KV is computed once
+       and copied to each row, which then runs only its own suffix. The 2-D attention
+       mask keeps padding between prefix and suffix, and positions come from the mask's
+       cumulative sum, so each row computes what it would alone.
+    5. Decoding calls ``model.decoder`` with a preallocated ``DynamicCache``; every row
+       has its own positions and mask, so a row gives the same tokens whatever joins or
+       leaves the batch around it.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any, Literal, TypeVar
@@ -36,13 +42,20 @@ import numpy as np
 import torch
 
 from midashenglm.inference.cache import EncoderCache, audio_key
-from midashenglm.inference.kv_cache import make_kv_cache, merge_right_aligned, preallocated
+from midashenglm.inference.kv_cache import (
+    make_kv_cache,
+    merge_right_aligned,
+    preallocated,
+    trim_left,
+)
 from midashenglm.inference.params import SamplingParams
 from midashenglm.inference.sampling import Sampler, TextStream, find_stop
 
 FinishReason = Literal["stop", "length", "error"]
 T = TypeVar("T")
 TextCallback = Callable[[str], None]
+# A submitted request while its audio loads: request, callback, its future, submit time, loading.
+_Pending = tuple["Request", TextCallback | None, Future, float, Future]
 
 
 @dataclass
@@ -105,6 +118,7 @@ class _Item:
     t_start: float
     on_text: TextCallback | None = None
     future: Future | None = None
+    solo: bool = False  # run alone: its batch failed as a whole (e.g. out of memory)
 
     @property
     def prefix_key(self) -> tuple:
@@ -122,8 +136,9 @@ class _Item:
 class _Row:
     """Decode state of one batch row."""
 
-    def __init__(self, item: _Item, tokenizer: Any, eos: frozenset[int]) -> None:
+    def __init__(self, item: _Item, tokenizer: Any, eos: frozenset[int], clock: _Clock) -> None:
         self.item = item
+        self.clock = clock
         sampling = item.request.sampling
         self.stops = sampling.stop
         self.eos = frozenset() if sampling.ignore_eos else eos
@@ -134,6 +149,10 @@ class _Row:
         self.finish: FinishReason | None = None
         self.t_first: float | None = None
         self.t_done = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.item.max_new - len(self.tokens)
 
     def add(self, token: int, now: float) -> bool:
         """Take the next token; True when the row is finished."""
@@ -164,7 +183,7 @@ class _Row:
             except Exception:  # noqa: BLE001 - a broken client callback must not stop the batch
                 self.item.on_text = None
 
-    def result(self, tokenizer: Any, timings: dict[str, float]) -> Result:
+    def result(self, tokenizer: Any) -> Result:
         text = tokenizer.decode(self.tokens, skip_special_tokens=True)
         finish = self.finish or "length"
         cut = find_stop(text, self.stops) if self.stops else -1
@@ -172,7 +191,7 @@ class _Row:
             text, finish = text[:cut], "stop"
         if self.stream is not None and text.startswith(self.stream.text[: self.emitted]):
             self._emit(text)
-        item = self.item
+        item, clock = self.item, self.clock
         return Result(
             request_id=item.request.request_id,
             text=text,
@@ -183,12 +202,69 @@ class _Row:
             completion_tokens=len(self.tokens),
             audio_seconds=item.audio_seconds,
             timings={
-                **timings,
-                "first_token": (self.t_first or self.t_done) - timings["_batch_start"],
-                "decode": self.t_done - timings["_decode_start"],
+                "queue": clock.start - item.t_start,
+                "encode": clock.encode,
+                "prefill": clock.prefill,
+                "first_token": (self.t_first or self.t_done) - clock.start,
+                "decode": self.t_done - clock.decode_start,
                 "total": self.t_done - item.t_start,
             },
         )
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """When a group of requests started, and what its audio encoding and prefill took."""
+
+    start: float
+    encode: float
+    prefill: float
+    decode_start: float
+
+
+class _Batch:
+    """The rows decoding together: their KV cache, attention mask (bool, rows x width), the
+    next position and input token of each row, and the sampler. Rows leave when they
+    finish; newcomers join between steps."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor = torch.empty(0, 0, dtype=torch.bool)
+        self.positions: torch.Tensor = torch.empty(0, dtype=torch.long)
+        self.tokens: torch.Tensor = torch.empty(0, dtype=torch.long)
+        self.sampler: Sampler | None = None
+        self.padded = False
+        self.solo = False  # a request retried alone after its batch failed: nothing joins it
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def start(self, rows: list[_Row], cache: Any, mask: torch.Tensor, positions: torch.Tensor,
+              sampler: Sampler) -> None:
+        self.rows, self.cache, self.mask, self.positions, self.sampler = rows, cache, mask, positions, sampler
+        self.padded = bool((~mask).any())
+        self.solo = any(row.item.solo for row in rows)
+
+    def adopt(self, other: _Batch) -> None:
+        self.__dict__.update(other.__dict__)
+
+    def keep(self, keep: list[int]) -> None:
+        """Only these rows stay: select them in the cache and in every per-row tensor."""
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.tokens = self.mask[index], self.positions[index], self.tokens[index]
+        self.sampler.select(keep)  # type: ignore[union-attr]
+        self.rows = [self.rows[j] for j in keep]
+        # Columns no remaining row attends to (the prompt of a long row that left) would
+        # cost attention every step: drop them.
+        first = int(self.mask.any(0).to(torch.uint8).argmax())
+        if first and trim_left(self.cache, first):
+            self.mask = self.mask[:, first:]
+        self.padded = bool((~self.mask).any())
 
 
 class Engine:
@@ -196,9 +272,16 @@ class Engine:
 
     ``generate(requests)`` for batch jobs (order preserved; a request whose audio fails
     gets a Result with ``error`` set and the others go on), ``iter_results`` to consume
-    results as batches finish, ``submit`` for servers (thread-safe, one worker thread,
-    optional streaming of new text). Greedy results are deterministic and equal to
+    results as requests finish, ``submit`` for servers (thread-safe, one worker thread,
+    optional streaming of new text). All three batch continuously: waiting requests join
+    the running batch as its rows finish. Greedy results are deterministic and equal to
     running each request alone.
+
+    ``stats`` counts ``batches`` (batches started empty), ``prefills`` (groups of requests
+    prefilled together), ``joined_running_batch`` (requests that joined a batch already
+    decoding), ``requests``, ``encoder_calls``, ``encoded_clips``, ``encoder_cache_hits``,
+    ``shared_prefix_rows``, ``shared_prefix_tokens_saved``, ``prefill_tokens``,
+    ``decode_steps`` and ``batch_fallbacks``.
     """
 
     def __init__(
@@ -242,6 +325,16 @@ class Engine:
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
+        config = self.decoder.config
+        # Rows join a running batch by merging KV caches, which needs plain full-attention
+        # layers (sliding-window layers keep their own cache class): else batches run static.
+        self._joinable = preallocated(make_kv_cache(config, 1))
+        self._window = max(64, 4 * self.max_batch_size)  # requests loaded ahead of the batch
+        # With SDPA and full attention, a one-token query needs no causal mask: handing it the
+        # padding mask as a ready 4-D mask skips rebuilding one every step (sliding-window
+        # layers need theirs built). No padding at all: no mask.
+        self._sdpa_mask = getattr(config, "_attn_implementation", None) == "sdpa" and set(
+            getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
 
     @classmethod
     def from_pretrained(
@@ -264,7 +357,7 @@ class Engine:
     ) -> list[Result]:
         """Run every request; results in the order of ``requests``.
 
-        ``progress`` is called with each result as its batch finishes.
+        ``progress`` is called with each result as its request finishes.
         """
         results: list[Result | None] = [None] * len(requests)
         for index, result in self.iter_results(requests):
@@ -276,39 +369,46 @@ class Engine:
     def iter_results(
         self, requests: Iterable[Request], *, window: int | None = None
     ) -> Iterator[tuple[int, Result]]:
-        """Yield ``(index, result)`` as batches finish; reads ``requests`` lazily.
+        """Yield ``(index, result)`` as requests finish; reads ``requests`` lazily.
 
         ``window`` requests at a time are loaded (in threads, the next window while the
-        current one computes), sorted by length and batched; a larger window pads less
-        and holds more audio in memory. Default: 4 x ``max_batch_size``, at least 64.
+        current one computes), sorted by length (longest first) and queued; whenever rows
+        of the running batch finish, queued requests join it. A larger window pads less and
+        holds more audio in memory. Default: 4 x ``max_batch_size``, at least 64.
         """
-        window = window or max(64, 4 * self.max_batch_size)
+        window = window or self._window
         source = enumerate(requests)
+        batch, waiting = _Batch(), deque[_Item]()
         with ThreadPoolExecutor(self.loader_threads, thread_name_prefix="midashenglm-load") as pool:
 
             def load_window() -> list[tuple[int, Request, Future]]:
                 return [(i, r, pool.submit(self._load_audio, r)) for i, r in islice(source, window)]
 
-            current = load_window()
-            while current:
-                upcoming = load_window()
-                items: list[_Item] = []
-                for index, request, loading in current:
-                    prepared = self._prepare(index, request, loading)
-                    if isinstance(prepared, Result):
-                        yield index, prepared
-                    else:
-                        items.append(prepared)
-                for batch in self._plan(items):
-                    yield from zip((it.index for it in batch), self._run_batch(batch), strict=True)
-                current = upcoming
+            upcoming = load_window()
+            while upcoming or waiting or batch.rows:
+                if upcoming and len(waiting) < self.max_batch_size:
+                    current, upcoming = upcoming, load_window()
+                    items: list[_Item] = []
+                    for index, request, loading in current:
+                        prepared = self._prepare(index, request, loading)
+                        if isinstance(prepared, Result):
+                            yield index, prepared
+                        else:
+                            items.append(prepared)
+                    # Longest first: long prompts tend to have long answers (a transcript
+                    # grows with the speech), and starting them early leaves the short ones
+                    # to fill the rows that free up, instead of a tail of a few long rows.
+                    waiting.extend(_by_length(items, longest_first=True))
+                for item, result in self._tick(batch, waiting):
+                    yield item.index, result
 
     # ----------------------------------------------------------------- server API
     def submit(self, request: Request, on_text: TextCallback | None = None) -> Future:
         """Queue one request; returns a Future of its Result. Thread-safe.
 
-        One background worker gathers whatever is waiting (up to ``max_batch_size``),
-        runs it as a batch and resolves the futures. ``on_text`` receives the answer's
+        One background worker loads the audio of what arrives (in threads), lets it join the
+        running batch as soon as rows finish and the budgets allow, and resolves each
+        future when its request finishes. ``on_text`` receives the answer's
         new text as it is generated (called from the worker thread, never half a
         character, never text that a stop string later removes); the pieces add up to
         ``Result.text``.
@@ -351,42 +451,67 @@ class Engine:
                 self._worker.start()
 
     def _serve(self) -> None:
+        batch, waiting = _Batch(), deque[_Item]()
+        loading: list[_Pending] = []
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            pending = [first]
-            while len(pending) < self.max_batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                pending.append(nxt)
-            try:
-                self._serve_batch(pending)
-            except Exception as err:  # noqa: BLE001 - the worker must outlive any one batch
-                for request, _, future, _ in pending:
-                    if not future.done():
-                        future.set_result(_error_result(request, err))
+        with ThreadPoolExecutor(self.loader_threads, thread_name_prefix="midashenglm-load") as pool:
+            while True:
+                idle = not batch.rows and not waiting
+                # At most a window of requests loads ahead; the rest waits in the queue.
+                room = self._window - len(loading) - len(waiting)
+                if not stop and room > 0:
+                    stop = self._receive(pool, loading, room, block=idle and not loading)
+                if loading:
+                    self._ready(loading, waiting, block=idle)
+                if batch.rows or waiting:
+                    try:
+                        done = self._tick(batch, waiting)
+                    except Exception as err:  # noqa: BLE001 - the worker must outlive any one batch
+                        done = [(row.item, _error_result(row.item.request, err)) for row in batch.rows]
+                        batch.clear()
+                    for item, result in done:
+                        item.future.set_result(result)  # type: ignore[union-attr]
+                elif stop and not loading:
+                    return
 
-    def _serve_batch(self, pending: list[tuple[Request, TextCallback | None, Future, float]]) -> None:
+    def _receive(self, pool: ThreadPoolExecutor, loading: list[_Pending], room: int, block: bool) -> bool:
+        """Start loading the audio of up to ``room`` submitted requests; True once ``close``
+        was called."""
+        try:
+            entry = self._queue.get() if block else self._queue.get_nowait()
+        except queue.Empty:
+            return False
+        while entry is not None:
+            request, on_text, future, t_start = entry
+            loading.append((request, on_text, future, t_start, pool.submit(self._load_audio, request)))
+            room -= 1
+            if room <= 0:
+                return False
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+        return True
+
+    def _ready(self, loading: list[_Pending], waiting: deque[_Item], block: bool) -> None:
+        """Queue the requests whose audio has loaded (when ``block``, wait for one)."""
+        if block:
+            wait([entry[4] for entry in loading], return_when=FIRST_COMPLETED)
+        done = [entry[4].done() for entry in loading]
+        if not any(done):
+            return
         items = []
-        for index, (request, on_text, future, t_start) in enumerate(pending):
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            prepared = self._prepare(index, request, None, t_start=t_start, on_text=on_text)
+        for (request, on_text, future, t_start, loaded), ready in zip(loading, done, strict=True):
+            if not ready or not future.set_running_or_notify_cancel():
+                continue  # still loading, or cancelled while it waited
+            prepared = self._prepare(0, request, loaded, t_start=t_start, on_text=on_text)
             if isinstance(prepared, Result):
                 future.set_result(prepared)
             else:
                 prepared.future = future
                 items.append(prepared)
-        for batch in self._plan(items):
-            for item, result in zip(batch, self._run_batch(batch), strict=True):
-                item.future.set_result(result)  # type: ignore[union-attr]
+        loading[:] = [entry for entry, ready in zip(loading, done, strict=True) if not ready]
+        waiting.extend(_by_length(items))  # shortest first: the lowest mean latency
 
     # -------------------------------------------------------------- preparation
     def _load_audio(self, request: Request) -> list[tuple[np.ndarray, str]]:
@@ -448,70 +573,152 @@ class Engine:
             max_new = min(max_new, room)
         return _Item(index, request, ids, clips, prefix_len, max_new, t_start, on_text)
 
-    def _plan(self, items: list[_Item]) -> list[list[_Item]]:
-        """Sort by length (rows sharing a prefix stay together) and fill batches to the budgets."""
-        order = sorted(items, key=lambda it: (it.prefix_len, [c.key for c in it.clips],
-                                              it.ids[: it.prefix_len], len(it.ids), it.index))
-        batches: list[list[_Item]] = []
-        current: list[_Item] = []
-        keys: set[str] = set()
-        seconds = 0.0
-        longest = answer = 0
-        for item in order:
-            new_clips = {c.key: c.seconds for c in item.clips if c.key not in keys}
-            rows = len(current) + 1
-            fits = (
-                rows <= self.max_batch_size
-                and seconds + sum(new_clips.values()) <= self.max_batch_audio_seconds
-                and rows * (max(longest, len(item.ids)) + max(answer, item.max_new))
-                <= self.max_batch_tokens
-            )
-            if current and not fits:
-                batches.append(current)
-                current, keys, seconds, longest, answer = [], set(), 0.0, 0, 0
-                new_clips = {c.key: c.seconds for c in item.clips}
-            current.append(item)
-            keys.update(new_clips)
-            seconds += sum(new_clips.values())
-            longest, answer = max(longest, len(item.ids)), max(answer, item.max_new)
-        if current:
-            batches.append(current)
-        return batches
-
     # ---------------------------------------------------------------- execution
-    def _run_batch(self, items: list[_Item]) -> list[Result]:
-        """Run one batch; if it fails as a whole, run its rows one by one."""
+    def _tick(self, batch: _Batch, waiting: deque[_Item]) -> list[tuple[_Item, Result]]:
+        """Let waiting requests join the batch as far as the budgets allow, then one decode
+        step; returns the requests that finished."""
         with self._run_lock, torch.inference_mode():
-            try:
-                return self._run(items)
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory: retry rows alone
-                if len(items) == 1:
-                    return [_error_result(items[0].request, err)]
-                self.stats["batch_fallbacks"] += 1
-                return [r for item in items for r in self._run_batch([item])]
-            finally:
-                for item in items:
-                    for clip in item.clips:
-                        clip.wave = None  # the audio is no longer needed; free it now
+            done = self._admit(batch, waiting) if waiting else []
+            if batch.rows:
+                done += self._step(batch, waiting)
+        for item, _ in done:
+            for clip in item.clips:
+                clip.wave = None  # the audio is no longer needed; free it now
+        return done
 
-    def _run(self, items: list[_Item]) -> list[Result]:
+    def _take(self, batch: _Batch, waiting: deque[_Item]) -> list[_Item]:
+        """The waiting requests, in order, that fit beside the running rows.
+
+        The budgets hold for the batch as it will be: rows, distinct audio, and KV-cache
+        slots (rows x (widest prompt + longest answer still to come)).
+        """
+        running = batch.rows
+        if batch.solo or len(running) >= self.max_batch_size or (running and not self._joinable):
+            return []
+        clips = {c.key: c.seconds for row in running for c in row.item.clips}
+        seconds = sum(clips.values())
+        width = batch.mask.shape[1] if running else 0
+        answer = max((row.remaining for row in running), default=0)
+        group: list[_Item] = []
+        while waiting:
+            item = waiting[0]
+            rows = len(running) + len(group) + 1
+            new = {c.key: c.seconds for c in item.clips if c.key not in clips}
+            fits = (
+                not item.solo
+                and rows <= self.max_batch_size
+                and seconds + sum(new.values()) <= self.max_batch_audio_seconds
+                and rows * (max(width, len(item.ids)) + max(answer, item.max_new)) <= self.max_batch_tokens
+            )
+            if not fits and (running or group):
+                break
+            group.append(waiting.popleft())
+            if item.solo:
+                break
+            clips.update(new)
+            seconds += sum(new.values())
+            width, answer = max(width, len(item.ids)), max(answer, item.max_new)
+        return group
+
+    def _admit(self, batch: _Batch, waiting: deque[_Item]) -> list[tuple[_Item, Result]]:
+        """Prefill the waiting requests that fit and merge them into the running batch."""
+        group = self._take(batch, waiting)
+        if not group:
+            return []
+        if batch.rows:
+            self.stats["joined_running_batch"] += len(group)
+        else:
+            self.stats["batches"] += 1
+        try:
+            new, done = self._start(group)
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: run its requests alone
+            if len(group) == 1:
+                return [(group[0], _error_result(group[0].request, err))]
+            self.stats["batch_fallbacks"] += 1
+            for item in reversed(group):
+                item.solo = True
+                waiting.appendleft(item)
+            return []
+        if new.rows:
+            self._join(batch, new)
+        return done
+
+    def _start(self, items: list[_Item]) -> tuple[_Batch, list[tuple[_Item, Result]]]:
+        """Encode and prefill a group of requests and pick their first tokens."""
         t0 = time.perf_counter()
-        self.stats["batches"] += 1
+        self.stats["prefills"] += 1
         self.stats["requests"] += len(items)
         audio = self._encode(items)
         t1 = time.perf_counter()
         cache, logits, mask, positions = self._prefill(items, audio)
         t2 = time.perf_counter()
-        timings = {"_batch_start": t0, "_decode_start": t2, "encode": t1 - t0, "prefill": t2 - t1}
-        rows = self._decode(items, cache, logits, mask, positions)
-        results = []
-        for row in rows:
-            result = row.result(self.tokenizer, timings)
-            result.timings["queue"] = t0 - row.item.t_start
-            for key in ("_batch_start", "_decode_start"):
-                result.timings.pop(key)
-            results.append(result)
-        return results
+        clock = _Clock(start=t0, encode=t1 - t0, prefill=t2 - t1, decode_start=t2)
+        rows = [_Row(item, self.tokenizer, self.eos_token_ids, clock) for item in items]
+        new = _Batch()
+        sampler = Sampler([item.request.sampling for item in items], self.device)
+        new.start(rows, cache, mask.bool(), positions, sampler)
+        return new, self._collect(new, sampler(logits))
+
+    def _join(self, batch: _Batch, new: _Batch) -> None:
+        """Merge ``new`` into ``batch``: both caches end at the same column, the narrower one
+        left-padded with masked zeros, as left-padded prompts are."""
+        if not batch.rows:
+            batch.adopt(new)
+            return
+        rows = len(batch) + len(new)
+        width = max(batch.mask.shape[1], new.mask.shape[1])
+        capacity = width + max(row.remaining for row in (*batch.rows, *new.rows))
+        device = batch.mask.device
+        parts = [(torch.arange(len(batch), device=device), batch.cache),
+                 (torch.arange(len(batch), rows, device=device), new.cache)]
+        batch.cache = merge_right_aligned(parts, rows, width, capacity)
+        batch.mask = torch.cat([_pad_left(batch.mask, width), _pad_left(new.mask, width)])
+        batch.positions = torch.cat([batch.positions, new.positions])
+        batch.tokens = torch.cat([batch.tokens, new.tokens])
+        batch.sampler.extend(new.sampler)  # type: ignore[union-attr, arg-type]
+        batch.rows += new.rows
+        batch.padded = bool((~batch.mask).any())
+
+    def _step(self, batch: _Batch, waiting: deque[_Item]) -> list[tuple[_Item, Result]]:
+        """One decode step of every row; returns the requests that finished."""
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=-1)
+        attention = (batch.mask[:, None, None, :] if self._sdpa_mask else batch.mask) \
+            if batch.padded else None
+        try:
+            out = self.decoder(
+                input_ids=batch.tokens[:, None], attention_mask=attention,
+                position_ids=batch.positions[:, None], cache=batch.cache, use_cache=True,
+            )
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: run its requests alone
+            rows = batch.rows
+            batch.clear()
+            if len(rows) == 1:
+                return [(rows[0].item, _error_result(rows[0].item.request, err))]
+            self.stats["batch_fallbacks"] += 1
+            for row in reversed(rows):
+                row.item.solo = True
+                waiting.appendleft(row.item)
+            return []
+        batch.cache = out.cache
+        batch.positions = batch.positions + 1
+        self.stats["decode_steps"] += 1
+        return self._collect(batch, batch.sampler(out.logits[:, -1]))  # type: ignore[misc]
+
+    def _collect(self, batch: _Batch, tokens: torch.Tensor) -> list[tuple[_Item, Result]]:
+        """Give each row its next token; finished rows leave the batch."""
+        now = time.perf_counter()
+        finished = [row.add(t, now) for row, t in zip(batch.rows, tokens.tolist(), strict=True)]
+        batch.tokens = tokens
+        if not any(finished):
+            return []
+        done = [(row.item, row.result(self.tokenizer))
+                for row, end in zip(batch.rows, finished, strict=True) if end]
+        keep = [j for j, end in enumerate(finished) if not end]
+        if keep:
+            batch.keep(keep)
+        else:
+            batch.clear()
+        return done
 
     def _encode(self, items: list[_Item]) -> dict[str, torch.Tensor]:
         """Embeddings of every distinct clip of the batch: from the cache, else one encoder call."""
@@ -654,43 +861,6 @@ class Engine:
             self.stats["prefill_tokens"] += len(rows) * span
         return merge_right_aligned(parts, len(lengths), width, capacity), logits  # type: ignore[return-value]
 
-    def _decode(self, items: list[_Item], cache: Any, logits: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor) -> list[_Row]:
-        rows = [_Row(item, self.tokenizer, self.eos_token_ids) for item in items]
-        sampler = Sampler([it.request.sampling for it in items], self.device)
-        active = list(range(len(rows)))
-        mask = mask.bool()
-        padded = bool((~mask).any())
-        # With SDPA and full attention, a one-token query needs no causal mask: handing it the
-        # padding mask as a ready 4-D mask skips rebuilding one every step (sliding-window
-        # layers need theirs built). No padding at all: no mask.
-        config = self.decoder.config
-        sdpa = getattr(config, "_attn_implementation", None) == "sdpa" and set(
-            getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
-        while True:
-            tokens = sampler(logits)
-            now = time.perf_counter()
-            done = [rows[active[j]].add(t, now) for j, t in enumerate(tokens.tolist())]
-            if all(done):
-                return rows
-            if any(done):
-                keep = [j for j, d in enumerate(done) if not d]
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions, tokens = mask[index], positions[index], tokens[index]
-                sampler.select(keep)
-                active = [active[j] for j in keep]
-                padded = padded and bool((~mask).any())
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
-            attention = (mask[:, None, None, :] if sdpa else mask) if padded else None
-            out = self.decoder(
-                input_ids=tokens[:, None], attention_mask=attention, position_ids=positions[:, None],
-                cache=cache, use_cache=True,
-            )
-            cache, logits = out.cache, out.logits[:, -1]
-            positions = positions + 1
-            self.stats["decode_steps"] += 1
-
 
 # ------------------------------------------------------------------------- helpers
 def _audio_parts(conversation: Any) -> list[dict[str, Any]]:
@@ -718,6 +888,18 @@ def _group_by_length(things: Iterable[T], length: Callable[[T], int], waste: flo
         total += n
     if group:
         yield group
+
+
+def _by_length(items: list[_Item], longest_first: bool = False) -> list[_Item]:
+    """Sorted by length, rows that can share a prefix next to each other."""
+    return sorted(items, reverse=longest_first,
+                  key=lambda it: (it.prefix_len, [c.key for c in it.clips], it.ids[: it.prefix_len],
+                                  len(it.ids), -it.index if longest_first else it.index))
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    return torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1) if missing else mask
 
 
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:

@@ -124,6 +124,25 @@ def merge_right_aligned(parts: list[tuple[torch.Tensor, DynamicCache]], rows: in
     return merged
 
 
+def trim_left(cache: DynamicCache, columns: int) -> bool:
+    """Drop the first ``columns`` positions of every row (padding no row attends to any more).
+
+    Only views change: the storage stays and later steps keep writing in place. False (and
+    nothing changed) when the cache is not made of :class:`PreallocatedLayer`.
+    """
+    if not preallocated(cache):
+        return False
+    for layer in cache.layers:
+        if layer._keys is None:
+            continue
+        layer._keys = layer._keys[..., columns:, :]
+        layer._values = layer._values[..., columns:, :]  # type: ignore[index]
+        layer.length -= columns
+        layer.keys = layer._keys[..., : layer.length, :]
+        layer.values = layer._values[..., : layer.length, :]
+    return True
+
+
 def make_kv_cache(config: Any, capacity: int) -> DynamicCache:
     """A ``DynamicCache`` for ``config``; full-attention layers preallocate ``capacity`` tokens.
 

@@ -46,6 +46,15 @@ class Sampler:
         self.top_k = self.top_k[index]
         self.generators = [self.generators[i] for i in keep]
 
+    def extend(self, other: Sampler) -> None:
+        """Append the rows of ``other`` (requests joining a running batch)."""
+        self.greedy = torch.cat([self.greedy, other.greedy])
+        self.all_greedy = self.all_greedy and other.all_greedy
+        self.temperature = torch.cat([self.temperature, other.temperature])
+        self.top_p = torch.cat([self.top_p, other.top_p])
+        self.top_k = torch.cat([self.top_k, other.top_k])
+        self.generators = self.generators + other.generators
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Next token per row from (rows, vocab) logits."""
         tokens = logits.argmax(dim=-1)
