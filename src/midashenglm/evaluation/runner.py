@@ -15,8 +15,6 @@ the inference engine (``midashenglm.inference.Engine``).
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
+from midashenglm import jsonl
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
 
@@ -148,55 +147,31 @@ def result_row(item: dict[str, Any], task: Task, output: str, model_name: str,
 def scan_results(path: Path, dataset_name: str, model_name: str) -> tuple[set[str], set[str]]:
     """Ids already answered and ids recorded as errors in an existing result file.
 
-    A last line cut off by a crash (no newline, not JSON) is removed so that appending
-    goes on cleanly; any other unreadable line is an error naming its line.
+    A last line cut off by a crash is repaired first (``midashenglm.jsonl``); any other
+    unreadable line is an error naming its line.
     """
     done: set[str] = set()
     failed: set[str] = set()
     if not path.exists():
         return done, failed
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        tail = data[cut:]
-        try:
-            json.loads(tail)
-            with path.open("ab") as fh:  # a complete row whose newline was lost
-                fh.write(b"\n")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            with path.open("r+b") as fh:
-                fh.truncate(cut)
-            data = data[:cut]
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}, line {number}: not a JSON row; it cannot be resumed "
-                            "(fix or move the file)") from None
+    jsonl.repair_tail(path)
+    for _, row in jsonl.existing_rows(path, hint="it cannot be resumed (fix or move the file)"):
         if row.get("dataset_name") != dataset_name:
             raise UserError(f"{path}: holds results of {row.get('dataset_name')!r}, not "
                             f"{dataset_name!r}; pass another --out")
         if row.get("model_name") != model_name:
             raise UserError(f"{path}: holds results of model {row.get('model_name')!r}, not "
                             f"{model_name!r}; pass another --out (or --model-name)")
-        key = str(row.get("id", row.get("audio")))
-        (failed if row.get("error") else done).add(key)
+        (failed if row.get("error") else done).add(_row_key(row))
     return done - failed, failed
 
 
 def drop_rows(path: Path, ids: set[str]) -> None:
     """Rewrite ``path`` without the rows of ``ids`` (atomically: a crash keeps the old file)."""
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if line.strip() and str(_row_key(line)) not in ids]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    jsonl.rewrite(path, lambda row: _row_key(row) not in ids)
 
 
-def _row_key(line: str) -> str:
-    row = json.loads(line)
+def _row_key(row: dict[str, Any]) -> str:
     return str(row.get("id", row.get("audio")))
 
 
@@ -366,16 +341,8 @@ def _error_row(item: dict[str, Any], task: Task, model_name: str, prompt: T.Prom
 
 
 def _write(fp: Any, rows: list[dict[str, Any]]) -> None:
-    from midashenglm.evaluation.results import write_row
-
-    for row in rows:
-        write_row(fp, _jsonable(row))
-    os.fsync(fp.fileno())
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """Paths and tuples as JSON text (loaders may keep them in extra fields)."""
-    return json.loads(json.dumps(row, ensure_ascii=False, default=str))
+    # Paths and tuples that loaders keep in extra fields become JSON text (default=str).
+    jsonl.append_rows(fp, rows)
 
 
 def _score(summary: RunSummary, task: Task) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midashenglm import jsonl
 from midashenglm.errors import UserError
 
 RESERVED = ("model_output", "error", "usage", "_row")
@@ -127,6 +128,10 @@ def output_record(row: ManifestRow, *, output: str | None = None, error: str | N
     return record
 
 
+def _key(record: dict[str, Any]) -> tuple[int, str]:
+    return int(record["_row"]), str(record.get("audio", ""))
+
+
 class ResultWriter:
     """Appends result lines durably; knows which manifest rows are already done."""
 
@@ -143,42 +148,20 @@ class ResultWriter:
         self._file = self.path.open("a", encoding="utf-8")
 
     def _load(self, retry_errors: bool) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # A kill mid-write leaves a line without its newline: it was never a result.
-            self.repaired = len(data) - end
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-            data = data[:end]
-        kept: list[bytes] = []
-        for number, line in enumerate(data.splitlines(keepends=True), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = (int(record["_row"]), str(record.get("audio", "")))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise UserError(
-                    f"--out {self.path} line {number} is not a result line of this tool "
-                    f"({err}); pass --overwrite to start again or choose another file"
-                ) from None
-            if retry_errors and "error" in record:
-                continue
-            self.done.add(key)
-            kept.append(line)
-        if retry_errors and len(kept) < sum(1 for ln in data.splitlines() if ln.strip()):
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_bytes(b"".join(kept))
-            os.replace(tmp, self.path)
+        self.repaired = jsonl.repair_tail(self.path)
+        hint = "pass --overwrite to start again or choose another file"
+        for number, record in jsonl.existing_rows(self.path, hint=hint):
+            if "_row" not in record:
+                raise UserError(f"{self.path}, line {number}: not a result line of this tool "
+                                f"(no '_row'); {hint}")
+            if not (retry_errors and "error" in record):
+                self.done.add(_key(record))
+        if retry_errors:
+            jsonl.rewrite(self.path, lambda record: "error" not in record)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.done.add((int(record["_row"]), str(record.get("audio", ""))))
+        jsonl.append_rows(self._file, [record])
+        self.done.add(_key(record))
 
     def close(self) -> None:
         self._file.close()
