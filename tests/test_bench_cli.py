@@ -113,6 +113,15 @@ def test_report_md_and_plots(report_dir):
         assert heading in text
     assert "180 / 780" in text  # the paper's 30 s prefill tokens, in the analytic table
     assert "**Realistic task mix**" in text and "Transcribe the speech into text <\\|en\\|>" in text
+    # Beside each mixed workload, what its arithmetic predicts (the baselines cost more).
+    report = json.loads((report_dir / "report.json").read_text())
+    for analytic in (report["mixed"]["analytic"], report["mixed"]["analytic_prompt_only"],
+                     report["realistic"]["analytic"]):
+        assert analytic["ratio"]["baseline_pad30"] > analytic["ratio"]["baseline"] > 1
+        assert analytic["midashenglm"]["total_macs"] == (analytic["midashenglm"]["ttft_macs"]
+                                                         + analytic["midashenglm"]["decode_macs"])
+    assert report["mixed"]["analytic_prompt_only"]["midashenglm"]["decode_macs"] == 0
+    assert text.count("The arithmetic of this workload") == 2
     for name in ("ttft.png", "throughput.png", "comparisons.png", "realistic.png"):
         path = report_dir / name
         assert path.stat().st_size < 300_000

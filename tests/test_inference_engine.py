@@ -180,6 +180,45 @@ def test_encoder_cache_is_bounded_lru(tiny_model, processor, count_encoder):
     assert len(count_encoder) == 4  # the oldest one had been evicted
 
 
+def test_prompt_heads_come_from_the_prefix_cache(tiny_model, processor):
+    """The text before the audio (system prompt, user header) is computed once per distinct
+    head and reused by later batches; results stay those of each request alone."""
+    systems = ["You are a helpful language and speech assistant.", "Be brief.", None]
+    convs = [conversation(clip(0.5 + i, seed=i), q, system=systems[i % 3])
+             for i, q in enumerate(["What is it?", "Where?", "Who speaks?", "Any music?", "Why?", "How loud?"])]
+    requests = [Request(c, SamplingParams(max_new_tokens=6)) for c in convs]
+    expected = [alone(tiny_model, processor, c, 6) for c in convs]
+    heads_computed: list[int] = []
+
+    def count_heads(module, args, kwargs, output):
+        # Prefill passes embeddings and decode steps pass positions: a head is token ids alone.
+        if kwargs.get("input_ids") is not None and kwargs.get("position_ids") is None:
+            heads_computed.append(kwargs["input_ids"].shape[1])
+
+    handle = tiny_model.decoder.register_forward_hook(count_heads, with_kwargs=True)
+    try:
+        engine = Engine(tiny_model, processor, max_batch_size=2)
+        first = engine.generate(requests[:3])
+        assert len(engine.prefix_cache) == 3 and len(heads_computed) == 3  # one per system prompt
+        assert engine.stats["prefix_cache_hits"] == 0
+        second = engine.generate(requests[3:])
+        assert len(heads_computed) == 3  # nothing new to compute
+        assert engine.stats["prefix_cache_hits"] == 3
+    finally:
+        handle.remove()
+    assert [r.token_ids for r in first + second] == expected
+    # Disabled, every batch computes its heads again; results do not change.
+    off = Engine(tiny_model, processor, prefix_cache_items=0, max_batch_size=2)
+    assert [r.token_ids for r in off.generate(requests)] == expected
+    assert len(off.prefix_cache) == 0 and off.stats["prefix_cache_hits"] == 0
+    # Bounded: least recently used heads leave first.
+    small = Engine(tiny_model, processor, prefix_cache_items=2, max_batch_size=1)
+    small.generate(requests[:3])
+    assert len(small.prefix_cache) == 2
+    with pytest.raises(ValueError, match="prefix_cache_items"):
+        Engine(tiny_model, processor, prefix_cache_items=-1)
+
+
 def test_budgets_split_batches_without_changing_results(tiny_model, processor):
     waves = [clip(3.0, seed=s) for s in range(4)]
     requests = [Request(conversation(w), SamplingParams(max_new_tokens=6)) for w in waves]
@@ -207,8 +246,9 @@ def test_max_new_tokens_per_row_and_finished_rows_leave_the_batch(tiny_model, pr
         handle.remove()
     assert [r.completion_tokens for r in results] == [2, 7]
     assert all(r.finish_reason == "length" for r in results)
-    # Prefill with both rows, one step with both, then the short row is gone.
-    assert rows_seen == [2, 2, 1, 1, 1, 1, 1]
+    # The prompts' common head (chat header up to the audio) once, prefill of the rest with
+    # both rows, one step with both, then the short row is gone.
+    assert rows_seen == [1, 2, 2, 1, 1, 1, 1, 1]
 
 
 def test_waiting_requests_join_the_running_batch(tiny_model, processor):

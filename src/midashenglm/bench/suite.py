@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from midashenglm.bench import costs
@@ -35,7 +36,9 @@ from midashenglm.bench.measure import (
 )
 from midashenglm.bench.models import BenchModels
 from midashenglm.bench.workloads import (
+    SAMPLE_RATE,
     TASKS,
+    Prompt,
     TaskRequest,
     batches,
     conversations,
@@ -44,6 +47,7 @@ from midashenglm.bench.workloads import (
     realistic_requests,
     task_conversations,
 )
+from midashenglm.processing import DEFAULT_SYSTEM_PROMPT, num_audio_tokens
 
 MODELS = ("midashenglm", "baseline", "baseline_pad30")
 
@@ -129,6 +133,7 @@ class Suite:
             time.perf_counter() + self.settings.time_budget_s if self.settings.time_budget_s else None
         )
         self.skipped: list[str] = []
+        self._text_tokens: dict[str, int] = {}
 
     def out_of_time(self, what: str) -> bool:
         """True (and ``what`` noted as skipped) once the time budget is spent."""
@@ -156,6 +161,33 @@ class Suite:
             kv_bytes_per_value=self.kv_bytes_per_value,
             pad_to_seconds=30.0 if model == "baseline_pad30" else None,
         )
+
+    def workload_macs(self, lengths: list[float], new_tokens: list[int], text_tokens: list[int]) -> dict[str, Any]:
+        """Analytic MACs of a whole workload per model (audio path + prefill, decode) and the
+        baselines' ratios to MiDashengLM: what the arithmetic alone predicts."""
+        out: dict[str, Any] = {}
+        for name in MODELS:
+            ttft = decode = 0
+            for seconds, new, text in zip(lengths, new_tokens, text_tokens, strict=True):
+                cost = costs.request_cost(
+                    "midashenglm" if name == "midashenglm" else "baseline", seconds, **self.shapes,
+                    text_tokens=text, new_tokens=new, kv_bytes_per_value=self.kv_bytes_per_value,
+                    pad_to_seconds=30.0 if name == "baseline_pad30" else None)
+                ttft += cost.ttft_macs
+                decode += cost.decode
+            out[name] = {"ttft_macs": ttft, "decode_macs": decode, "total_macs": ttft + decode}
+        ours = out["midashenglm"]["total_macs"]
+        out["ratio"] = {name: out[name]["total_macs"] / ours for name in MODELS if name != "midashenglm"}
+        return out
+
+    def text_tokens(self, question: str) -> int:
+        """Prompt tokens around the audio for ``question`` (system prompt and markup included)."""
+        if question not in self._text_tokens:
+            wave = np.zeros(SAMPLE_RATE, dtype=np.float32)
+            conv = Prompt(DEFAULT_SYSTEM_PROMPT, question, 0).conversation(wave)
+            ids = self.models.processor(conversations=[conv])["input_ids"]
+            self._text_tokens[question] = int(ids.shape[1]) - num_audio_tokens(len(wave))
+        return self._text_tokens[question]
 
     def generate(self, name: str, convs: list[Any], new_tokens: int) -> int:
         """transformers generation of one batch, from conversations; returns new tokens made."""
@@ -463,6 +495,10 @@ class Suite:
             "mean_length_s": sum(lengths) / len(lengths),
             "batch": s.mixed_batch,
             "new_tokens": tokens,
+            "analytic": self.workload_macs(lengths, [tokens] * len(lengths),
+                                           [self.prompt.text_tokens] * len(lengths)),
+            "analytic_prompt_only": self.workload_macs(lengths, [1] * len(lengths),
+                                                       [self.prompt.text_tokens] * len(lengths)),
             "runs": [],
         }
 
@@ -556,6 +592,8 @@ class Suite:
             "mean_length_s": sum(r.seconds for r in requests) / len(requests),
             "mean_new_tokens": sum(r.new_tokens for r in requests) / len(requests),
             "batch": s.mixed_batch,
+            "analytic": self.workload_macs([r.seconds for r in requests], [r.new_tokens for r in requests],
+                                           [self.text_tokens(r.question) for r in requests]),
             "runs": [],
         }
 

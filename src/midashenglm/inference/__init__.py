@@ -14,10 +14,10 @@ _EXPORTS = {
     "Request": "midashenglm.inference.engine",
     "Result": "midashenglm.inference.engine",
     "SamplingParams": "midashenglm.inference.params",
-    "EncoderCache": "midashenglm.inference.cache",
+    "LRUCache": "midashenglm.inference.cache",
 }
 
-__all__ = ["EncoderCache", "Engine", "Request", "Result", "SamplingParams"]
+__all__ = ["Engine", "LRUCache", "Request", "Result", "SamplingParams"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +28,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from midashenglm.inference.cache import EncoderCache
+    from midashenglm.inference.cache import LRUCache
     from midashenglm.inference.engine import Engine, Request, Result
     from midashenglm.inference.params import SamplingParams

@@ -1,13 +1,15 @@
-"""A bounded LRU cache of encoder outputs keyed by the audio's content."""
+"""Bounded LRU caches of the engine: encoder outputs by the audio's content, and the KV
+cache of prompt heads (system prompt and user header) by their token ids."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
-import torch
 
 
 def audio_key(wave: np.ndarray) -> str:
@@ -17,18 +19,18 @@ def audio_key(wave: np.ndarray) -> str:
     return f"{digest.hexdigest()[:32]}-{wave.shape[0]}"
 
 
-class EncoderCache:
-    """Audio embeddings (tokens, hidden) by content hash; least recently used leaves first.
+class LRUCache:
+    """Values by key; the least recently used leaves first once ``max_items`` are held.
 
-    ``max_items == 0`` disables it. Thread-safe, since a server's worker and the
-    caller's thread may both use one engine.
+    ``max_items == 0`` disables it (``option`` names the setting in errors). Thread-safe,
+    since a server's worker and the caller's thread may both use one engine.
     """
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int, option: str = "max_items") -> None:
         if max_items < 0:
-            raise ValueError(f"encoder_cache_items must be >= 0, got {max_items}")
+            raise ValueError(f"{option} must be >= 0, got {max_items}")
         self.max_items = max_items
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -36,10 +38,10 @@ class EncoderCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: Hashable) -> Any | None:
         with self._lock:
             value = self._items.get(key)
             if value is None:
@@ -49,7 +51,7 @@ class EncoderCache:
             self.hits += 1
             return value
 
-    def put(self, key: str, value: torch.Tensor) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         if self.max_items == 0:
             return
         with self._lock:
@@ -61,3 +63,4 @@ class EncoderCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+

@@ -20,7 +20,13 @@ How requests run
        and copied to each row, which then runs only its own suffix. The 2-D attention
        mask keeps padding between prefix and suffix, and positions come from the mask's
        cumulative sum, so each row computes what it would alone.
-    5. Decoding calls ``model.decoder`` with a preallocated ``DynamicCache``; every row
+    5. Prompt heads (the text before the first audio part: system prompt, user header)
+       are computed once and their KV cache kept in a bounded LRU cache by token ids; a
+       prompt starting with a cached head prefills only the rest. Every request of a
+       service shares its system prompt and header, a quarter or more of a short clip's
+       prompt. Positions come from the mask, so a cached head is exactly what the prompt
+       would have computed (the engine assumes the weights do not change under it).
+    6. Decoding calls ``model.decoder`` with a preallocated ``DynamicCache``; every row
        has its own positions and mask, so a row gives the same tokens whatever joins or
        leaves the batch around it.
 """
@@ -41,7 +47,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from midashenglm.inference.cache import EncoderCache, audio_key
+from midashenglm.inference.cache import LRUCache, audio_key
 from midashenglm.inference.kv_cache import (
     make_kv_cache,
     merge_right_aligned,
@@ -280,8 +286,9 @@ class Engine:
     ``stats`` counts ``batches`` (batches started empty), ``prefills`` (groups of requests
     prefilled together), ``joined_running_batch`` (requests that joined a batch already
     decoding), ``requests``, ``encoder_calls``, ``encoded_clips``, ``encoder_cache_hits``,
-    ``shared_prefix_rows``, ``shared_prefix_tokens_saved``, ``prefill_tokens``,
-    ``decode_steps`` and ``batch_fallbacks``.
+    ``shared_prefix_rows``, ``shared_prefix_tokens_saved``, ``prefix_cache_hits`` (rows
+    that started from a cached head), ``prefix_cache_tokens_saved``, ``prefill_tokens``
+    (computed in prefill, padding included), ``decode_steps`` and ``batch_fallbacks``.
     """
 
     def __init__(
@@ -293,6 +300,7 @@ class Engine:
         max_batch_tokens: int = 32768,
         max_batch_size: int = 32,
         encoder_cache_items: int = 256,
+        prefix_cache_items: int = 64,
         share_prefix: bool = True,
         loader_threads: int = 4,
     ) -> None:
@@ -312,7 +320,8 @@ class Engine:
         self.max_batch_size = int(max_batch_size)
         self.share_prefix = share_prefix
         self.loader_threads = max(1, loader_threads)
-        self.encoder_cache = EncoderCache(encoder_cache_items)
+        self.encoder_cache = LRUCache(encoder_cache_items, "encoder_cache_items")
+        self.prefix_cache = LRUCache(prefix_cache_items, "prefix_cache_items")
         self.audio_token_id = model.config.audio_token_id
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         self.eos_token_ids = _eos_ids(model.generation_config)
@@ -807,12 +816,10 @@ class Engine:
                     unit_clips.append([c.key for c in item.clips])
                     suffixes[i] = item.ids[-1:]
 
-        embeds, mask = self._embed(units, unit_clips, audio)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        capacity = mask.shape[1] + max(len(s) for s in suffixes) + max(it.max_new for it in items)
-        cache, logits = self._prefill_units(embeds, mask, positions, capacity)
+        room = max(len(s) for s in suffixes) + max(it.max_new for it in items)
+        cache, logits, mask = self._prefill_units(units, unit_clips, audio, room)
         if not shared:
-            return cache, logits, mask, positions[:, -1] + 1
+            return cache, logits, mask, mask.sum(-1)
 
         index = torch.tensor(row_unit, device=self.device)
         cache.batch_select_indices(index)
@@ -826,40 +833,91 @@ class Engine:
         self.stats["prefill_tokens"] += suffix_mask.numel()
         return out.cache, out.logits[:, -1], mask, positions[:, -1] + 1
 
-    def _prefill_units(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                       capacity: int) -> tuple[Any, torch.Tensor]:
-        """Prefill left-padded prompts in groups of similar length, then join their caches.
+    def _prefill_units(self, units: list[list[int]], unit_clips: list[list[str]],
+                       audio: dict[str, torch.Tensor], room: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """KV cache (with ``room`` free slots per row), next-token logits and 2-D mask of
+        left-padded prompts.
 
-        One padded batch would compute every short prompt at the longest one's width; the
-        groups pad little, and the joined cache (shorter rows left-padded with masked
-        zeros) is what one padded prefill would have left, minus the wasted work.
+        Each prompt's head comes from the prefix cache; the rest runs in groups of similar
+        length, then the groups' caches are joined. One padded batch would compute every
+        short prompt at the longest one's width; the groups pad little, and the joined cache
+        (rows right-aligned, the gaps masked zeros) is what one padded prefill would have
+        left, minus the wasted work.
         """
-        lengths = mask.sum(-1).tolist()
-        groups = list(_group_by_length(range(len(lengths)), lambda i: lengths[i], waste=0.25))
-        cache = make_kv_cache(self.decoder.config, capacity)
-        if len(groups) == 1 or not preallocated(cache):
-            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                               cache=cache, use_cache=True, logits_to_keep=1)
-            self.stats["prefill_tokens"] += mask.numel()
-            return out.cache, out.logits[:, -1]
-        width = mask.shape[1]
-        parts = []
-        logits = None
-        for rows in groups:
-            span = max(lengths[r] for r in rows)
-            index = torch.tensor(rows, device=self.device)
-            cols = slice(width - span, width)
+        if not self._joinable:  # caches that cannot be merged: one padded pass, no heads
+            embeds, mask = self._embed(units, unit_clips, audio)
             out = self.decoder(
-                inputs_embeds=embeds[index, cols], attention_mask=mask[index, cols],
-                position_ids=positions[index, cols], cache=make_kv_cache(self.decoder.config, span),
-                use_cache=True, logits_to_keep=1,
+                inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                cache=make_kv_cache(self.decoder.config, mask.shape[1] + room), use_cache=True,
+                logits_to_keep=1,
+            )
+            self.stats["prefill_tokens"] += mask.numel()
+            return out.cache, out.logits[:, -1], mask
+        heads = [self._head_length(unit) for unit in units]
+        bodies = [len(unit) - head for unit, head in zip(units, heads, strict=True)]
+        groups = [sorted(rows) for rows in _group_by_length(range(len(units)), lambda i: bodies[i], waste=0.25)]
+        parts, masks, logits = [], [], None
+        for rows in groups:
+            index = torch.tensor(rows, device=self.device)
+            embeds, body_mask = self._embed([units[r][heads[r]:] for r in rows], [unit_clips[r] for r in rows], audio)
+            # A lone group keeps its cache: room for the suffixes and answers, no copy.
+            cache, head_mask = self._head_cache(
+                [units[r][: heads[r]] for r in rows], body_mask.shape[1] + (room if len(groups) == 1 else 0))
+            mask = torch.cat([head_mask, body_mask], dim=-1)
+            out = self.decoder(
+                inputs_embeds=embeds, attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp_min(0)[:, head_mask.shape[1]:],
+                cache=cache, use_cache=True, logits_to_keep=1,
             )
             if logits is None:
-                logits = out.logits.new_empty((len(lengths), out.logits.shape[-1]))
+                logits = out.logits.new_empty((len(units), out.logits.shape[-1]))
             logits[index] = out.logits[:, -1]
             parts.append((index, out.cache))
-            self.stats["prefill_tokens"] += len(rows) * span
-        return merge_right_aligned(parts, len(lengths), width, capacity), logits  # type: ignore[return-value]
+            masks.append((index, mask))
+            self.stats["prefill_tokens"] += body_mask.numel()
+        if len(groups) == 1:
+            return parts[0][1], logits, masks[0][1]  # type: ignore[return-value]
+        width = max(m.shape[1] for _, m in masks)
+        mask = torch.zeros((len(units), width), dtype=torch.long, device=self.device)
+        for index, part in masks:
+            mask[index, width - part.shape[1]:] = part
+        return merge_right_aligned(parts, len(units), width, width + room), logits, mask  # type: ignore[return-value]
+
+    def _head_length(self, ids: list[int]) -> int:
+        """Tokens before the first audio token: the part many prompts share (0 without audio)."""
+        try:
+            return ids.index(self.audio_token_id)
+        except ValueError:
+            return 0
+
+    def _head_cache(self, heads: list[list[int]], room: int) -> tuple[Any, torch.Tensor]:
+        """A cache holding each row's head right-aligned (from the prefix cache, or computed
+        and kept), with ``room`` more slots, and its mask."""
+        width = max(len(h) for h in heads)
+        mask = torch.zeros((len(heads), width), dtype=torch.long, device=self.device)
+        if not width:
+            return make_kv_cache(self.decoder.config, room), mask
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, head in enumerate(heads):
+            rows.setdefault(tuple(head), []).append(i)
+        parts = []
+        for head, members in rows.items():
+            if not head:
+                continue
+            mask[members, width - len(head):] = 1
+            cached = self.prefix_cache.get(head)
+            if cached is None:
+                out = self.decoder(input_ids=torch.tensor([head], device=self.device),
+                                   cache=make_kv_cache(self.decoder.config, len(head)), use_cache=True,
+                                   logits_to_keep=1)
+                cached = out.cache
+                self.prefix_cache.put(head, cached)
+                self.stats["prefill_tokens"] += len(head)
+            else:
+                self.stats["prefix_cache_hits"] += len(members)
+                self.stats["prefix_cache_tokens_saved"] += len(head) * len(members)
+            parts.append((torch.tensor(members, device=self.device), cached))
+        return merge_right_aligned(parts, len(heads), width, width + room), mask
 
 
 # ------------------------------------------------------------------------- helpers
