@@ -33,6 +33,19 @@ def alone(model, processor, conv, max_new_tokens):
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
+def record_passes(engine):
+    """The rows of each segment of every decoder pass the engine makes, as (rows, new tokens)."""
+    passes: list[list[tuple[int, int]]] = []
+    forward = engine._forward
+
+    def recording(segments):
+        passes.append([(s.rows, s.new) for s in segments])
+        return forward(segments)
+
+    engine._forward = recording
+    return passes
+
+
 @pytest.fixture
 def count_encoder(tiny_model):
     """Number of clips each encoder call received."""
@@ -188,24 +201,14 @@ def test_prompt_heads_come_from_the_prefix_cache(tiny_model, processor):
              for i, q in enumerate(["What is it?", "Where?", "Who speaks?", "Any music?", "Why?", "How loud?"])]
     requests = [Request(c, SamplingParams(max_new_tokens=6)) for c in convs]
     expected = [alone(tiny_model, processor, c, 6) for c in convs]
-    heads_computed: list[int] = []
-
-    def count_heads(module, args, kwargs, output):
-        # Prefill passes embeddings and decode steps pass positions: a head is token ids alone.
-        if kwargs.get("input_ids") is not None and kwargs.get("position_ids") is None:
-            heads_computed.append(kwargs["input_ids"].shape[1])
-
-    handle = tiny_model.decoder.register_forward_hook(count_heads, with_kwargs=True)
-    try:
-        engine = Engine(tiny_model, processor, max_batch_size=2)
-        first = engine.generate(requests[:3])
-        assert len(engine.prefix_cache) == 3 and len(heads_computed) == 3  # one per system prompt
-        assert engine.stats["prefix_cache_hits"] == 0
-        second = engine.generate(requests[3:])
-        assert len(heads_computed) == 3  # nothing new to compute
-        assert engine.stats["prefix_cache_hits"] == 3
-    finally:
-        handle.remove()
+    engine = Engine(tiny_model, processor, max_batch_size=2)
+    first = engine.generate(requests[:3])
+    # One head computed per system prompt (and one for none: the user header alone).
+    assert len(engine.prefix_cache) == 3 and engine.prefix_cache.misses == 3
+    assert engine.stats["prefix_cache_hits"] == 0
+    second = engine.generate(requests[3:])
+    assert engine.prefix_cache.misses == 3  # nothing new to compute
+    assert engine.stats["prefix_cache_hits"] == 3
     assert [r.token_ids for r in first + second] == expected
     # Disabled, every batch computes its heads again; results do not change.
     off = Engine(tiny_model, processor, prefix_cache_items=0, max_batch_size=2)
@@ -234,21 +237,17 @@ def test_budgets_split_batches_without_changing_results(tiny_model, processor):
 
 
 def test_max_new_tokens_per_row_and_finished_rows_leave_the_batch(tiny_model, processor):
-    rows_seen: list[int] = []
-    handle = tiny_model.decoder.register_forward_hook(
-        lambda module, args, kwargs, output: rows_seen.append(output.logits.shape[0]), with_kwargs=True)
-    try:
-        results = Engine(tiny_model, processor).generate([
-            Request(conversation(clip(1.0)), SamplingParams(max_new_tokens=2, ignore_eos=True)),
-            Request(conversation(clip(2.0)), SamplingParams(max_new_tokens=7, ignore_eos=True)),
-        ])
-    finally:
-        handle.remove()
+    engine = Engine(tiny_model, processor)
+    passes = record_passes(engine)
+    results = engine.generate([
+        Request(conversation(clip(1.0)), SamplingParams(max_new_tokens=2, ignore_eos=True)),
+        Request(conversation(clip(2.0)), SamplingParams(max_new_tokens=7, ignore_eos=True)),
+    ])
     assert [r.completion_tokens for r in results] == [2, 7]
     assert all(r.finish_reason == "length" for r in results)
     # The prompts' common head (chat header up to the audio) once, prefill of the rest with
     # both rows, one step with both, then the short row is gone.
-    assert rows_seen == [1, 2, 2, 1, 1, 1, 1, 1]
+    assert [[rows for rows, _ in p] for p in passes] == [[1], [2], [2], [1], [1], [1], [1], [1]]
 
 
 def test_waiting_requests_join_the_running_batch(tiny_model, processor):
@@ -259,14 +258,9 @@ def test_waiting_requests_join_the_running_batch(tiny_model, processor):
     requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, answers, strict=True)]
     seeded = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5, ignore_eos=True)
     requests.append(Request(conversation(clip(9.0, seed=11)), seeded))
-    rows_seen: list[int] = []
-    handle = tiny_model.decoder.register_forward_hook(
-        lambda module, args, kwargs, output: rows_seen.append(output.logits.shape[0]), with_kwargs=True)
-    try:
-        engine = Engine(tiny_model, processor, max_batch_size=3)
-        results = engine.generate(requests)
-    finally:
-        handle.remove()
+    engine = Engine(tiny_model, processor, max_batch_size=3)
+    passes = record_passes(engine)
+    results = engine.generate(requests)
     expected = [alone(tiny_model, processor, c, n) for c, n in zip(convs, answers, strict=True)]
     assert [r.token_ids for r in results[:-1]] == expected
     single = Engine(tiny_model, processor, max_batch_size=1).generate(requests[-1:])[0]
@@ -275,7 +269,11 @@ def test_waiting_requests_join_the_running_batch(tiny_model, processor):
     # Requests joined a batch that was decoding, which never held more than three rows.
     assert engine.stats["joined_running_batch"] >= 5
     assert engine.stats["batches"] < engine.stats["prefills"]
-    assert max(rows_seen) == 3
+    assert max(sum(rows for rows, new in p if new == 1) for p in passes) == 3
+    # The running rows' step rode along in the newcomers' prefill pass: no pass of its own.
+    assert engine.stats["steps_in_prefill"] == engine.stats["prefills"] - engine.stats["batches"] > 0
+    fused = [p for p in passes if len(p) == 2]
+    assert fused and all(p[0][1] > 1 and p[1][1] == 1 for p in fused)
     # Static batches of three (by clip length) would decode until the longest answer of
     # each batch; joining keeps the batch full and needs fewer steps.
     made = [len(r.token_ids) for r in results]
@@ -299,26 +297,24 @@ def test_submitted_requests_join_a_running_request(tiny_model, processor):
     assert engine.stats["joined_running_batch"] >= 2
 
 
-class _FailsOnBatchedSteps:
-    """The decoder, except that a decode step of more than one row fails (as out of memory would)."""
+def _fail_on_batched_steps(engine):
+    """Every decoder pass fails that holds a decode step of more than one row (as out of
+    memory would)."""
+    forward = engine._forward
 
-    def __init__(self, decoder):
-        self.decoder = decoder
-
-    def __getattr__(self, name):
-        return getattr(self.decoder, name)
-
-    def __call__(self, **kwargs):
-        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[0] > 1:
+    def failing(segments):
+        if any(s.new == 1 and s.rows > 1 for s in segments):
             raise RuntimeError("out of memory (simulated)")
-        return self.decoder(**kwargs)
+        return forward(segments)
+
+    engine._forward = failing
 
 
 def test_a_failing_batch_runs_its_requests_alone(tiny_model, processor):
     convs = [conversation(clip(1.0 + i, seed=i)) for i in range(3)]
     requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, (5, 2, 7), strict=True)]
     engine = Engine(tiny_model, processor)
-    engine.decoder = _FailsOnBatchedSteps(engine.decoder)
+    _fail_on_batched_steps(engine)
     results = engine.generate(requests)
     assert [r.error for r in results] == [None] * 3
     assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)

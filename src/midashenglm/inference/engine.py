@@ -55,6 +55,7 @@ from midashenglm.inference.kv_cache import (
     trim_left,
 )
 from midashenglm.inference.params import SamplingParams
+from midashenglm.inference.runner import Segment, SegmentRunner, forward_segments
 from midashenglm.inference.sampling import Sampler, TextStream, find_stop
 
 FinishReason = Literal["stop", "length", "error"]
@@ -339,11 +340,9 @@ class Engine:
         # layers (sliding-window layers keep their own cache class): else batches run static.
         self._joinable = preallocated(make_kv_cache(config, 1))
         self._window = max(64, 4 * self.max_batch_size)  # requests loaded ahead of the batch
-        # With SDPA and full attention, a one-token query needs no causal mask: handing it the
-        # padding mask as a ready 4-D mask skips rebuilding one every step (sliding-window
-        # layers need theirs built). No padding at all: no mask.
-        self._sdpa_mask = getattr(config, "_attn_implementation", None) == "sdpa" and set(
-            getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+        # Llama-family decoders run the running rows' step in the newcomers' prefill pass.
+        self._runner = SegmentRunner(self.decoder) if self._joinable and SegmentRunner.supports(
+            self.decoder) else None
 
     @classmethod
     def from_pretrained(
@@ -587,8 +586,8 @@ class Engine:
         """Let waiting requests join the batch as far as the budgets allow, then one decode
         step; returns the requests that finished."""
         with self._run_lock, torch.inference_mode():
-            done = self._admit(batch, waiting) if waiting else []
-            if batch.rows:
+            done, stepped = self._admit(batch, waiting) if waiting else ([], False)
+            if batch.rows and not stepped:
                 done += self._step(batch, waiting)
         for item, _ in done:
             for clip in item.clips:
@@ -629,44 +628,59 @@ class Engine:
             width, answer = max(width, len(item.ids)), max(answer, item.max_new)
         return group
 
-    def _admit(self, batch: _Batch, waiting: deque[_Item]) -> list[tuple[_Item, Result]]:
-        """Prefill the waiting requests that fit and merge them into the running batch."""
+    def _admit(self, batch: _Batch, waiting: deque[_Item]) -> tuple[list[tuple[_Item, Result]], bool]:
+        """Prefill the waiting requests that fit and merge them into the running batch.
+
+        With a :class:`SegmentRunner`, the running rows' decode step rides along in the
+        prefill pass; returns the finished requests and whether that step was taken.
+        """
         group = self._take(batch, waiting)
         if not group:
-            return []
+            return [], False
         if batch.rows:
             self.stats["joined_running_batch"] += len(group)
         else:
             self.stats["batches"] += 1
+        rider = self._step_segment(batch) if batch.rows and self._runner is not None else None
+        before = batch.cache.layers[0].get_seq_length() if rider is not None else 0
         try:
-            new, done = self._start(group)
+            new, done, rider_logits = self._start(group, rider)
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: run its requests alone
+            if rider is not None and batch.cache.layers[0].get_seq_length() != before:
+                # The pass failed after writing to the running rows' cache: they start over alone.
+                group = [row.item for row in batch.rows] + group
+                batch.clear()
             if len(group) == 1:
-                return [(group[0], _error_result(group[0].request, err))]
+                return [(group[0], _error_result(group[0].request, err))], False
             self.stats["batch_fallbacks"] += 1
             for item in reversed(group):
                 item.solo = True
                 waiting.appendleft(item)
-            return []
+            return [], False
+        if rider is not None:
+            self.stats["steps_in_prefill"] += 1
+            done += self._step_done(batch, rider, rider_logits)
         if new.rows:
             self._join(batch, new)
-        return done
+        return done, rider is not None
 
-    def _start(self, items: list[_Item]) -> tuple[_Batch, list[tuple[_Item, Result]]]:
-        """Encode and prefill a group of requests and pick their first tokens."""
+    def _start(self, items: list[_Item], rider: Segment | None = None
+               ) -> tuple[_Batch, list[tuple[_Item, Result]], torch.Tensor | None]:
+        """Encode and prefill a group of requests and pick their first tokens (and run the
+        ``rider`` step in the prefill pass: its logits are returned)."""
         t0 = time.perf_counter()
         self.stats["prefills"] += 1
         self.stats["requests"] += len(items)
         audio = self._encode(items)
         t1 = time.perf_counter()
-        cache, logits, mask, positions = self._prefill(items, audio)
+        cache, logits, mask, positions, rider_logits = self._prefill(items, audio, rider)
         t2 = time.perf_counter()
         clock = _Clock(start=t0, encode=t1 - t0, prefill=t2 - t1, decode_start=t2)
         rows = [_Row(item, self.tokenizer, self.eos_token_ids, clock) for item in items]
         new = _Batch()
         sampler = Sampler([item.request.sampling for item in items], self.device)
         new.start(rows, cache, mask.bool(), positions, sampler)
-        return new, self._collect(new, sampler(logits))
+        return new, self._collect(new, sampler(logits)), rider_logits
 
     def _join(self, batch: _Batch, new: _Batch) -> None:
         """Merge ``new`` into ``batch``: both caches end at the same column, the narrower one
@@ -688,16 +702,22 @@ class Engine:
         batch.rows += new.rows
         batch.padded = bool((~batch.mask).any())
 
+    def _forward(self, segments: list[Segment]) -> list[torch.Tensor]:
+        """Every decoder pass of the engine: one shared pass with the runner, else one
+        transformers forward per segment."""
+        return forward_segments(self.decoder, self._runner, segments)
+
+    def _step_segment(self, batch: _Batch) -> Segment:
+        """The next decode step of the running rows (nothing in ``batch`` changes yet)."""
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=-1)
+        return Segment(self.decoder.get_input_embeddings()(batch.tokens[:, None]), batch.positions[:, None],
+                       mask if batch.padded else None, batch.cache)
+
     def _step(self, batch: _Batch, waiting: deque[_Item]) -> list[tuple[_Item, Result]]:
         """One decode step of every row; returns the requests that finished."""
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=-1)
-        attention = (batch.mask[:, None, None, :] if self._sdpa_mask else batch.mask) \
-            if batch.padded else None
+        segment = self._step_segment(batch)
         try:
-            out = self.decoder(
-                input_ids=batch.tokens[:, None], attention_mask=attention,
-                position_ids=batch.positions[:, None], cache=batch.cache, use_cache=True,
-            )
+            (logits,) = self._forward([segment])
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: run its requests alone
             rows = batch.rows
             batch.clear()
@@ -708,10 +728,15 @@ class Engine:
                 row.item.solo = True
                 waiting.appendleft(row.item)
             return []
-        batch.cache = out.cache
+        return self._step_done(batch, segment, logits)
+
+    def _step_done(self, batch: _Batch, segment: Segment, logits: torch.Tensor) -> list[tuple[_Item, Result]]:
+        """The step of ``segment`` ran: advance the rows and give each its token."""
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=-1) \
+            if segment.mask is None else segment.mask
         batch.positions = batch.positions + 1
         self.stats["decode_steps"] += 1
-        return self._collect(batch, batch.sampler(out.logits[:, -1]))  # type: ignore[misc]
+        return self._collect(batch, batch.sampler(logits))  # type: ignore[misc]
 
     def _collect(self, batch: _Batch, tokens: torch.Tensor) -> list[tuple[_Item, Result]]:
         """Give each row its next token; finished rows leave the batch."""
@@ -780,8 +805,9 @@ class Engine:
                 mask[i, width - len(row):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _prefill(self, items: list[_Item], audio: dict[str, torch.Tensor]) -> tuple:
-        """KV cache, next-token logits, 2-D mask and next positions for the batch."""
+    def _prefill(self, items: list[_Item], audio: dict[str, torch.Tensor], rider: Segment | None = None) -> tuple:
+        """KV cache, next-token logits, 2-D mask and next positions for the batch, and the
+        logits of the ``rider`` step run in the first prefill pass."""
         groups: dict[tuple, list[int]] = {}
         if self.share_prefix:
             for i, item in enumerate(items):
@@ -817,26 +843,23 @@ class Engine:
                     suffixes[i] = item.ids[-1:]
 
         room = max(len(s) for s in suffixes) + max(it.max_new for it in items)
-        cache, logits, mask = self._prefill_units(units, unit_clips, audio, room)
+        cache, logits, mask, rider_logits = self._prefill_units(units, unit_clips, audio, room, rider)
         if not shared:
-            return cache, logits, mask, mask.sum(-1)
+            return cache, logits, mask, mask.sum(-1), rider_logits
 
         index = torch.tensor(row_unit, device=self.device)
         cache.batch_select_indices(index)
         suffix_embeds, suffix_mask = self._embed(suffixes, [[] for _ in items], audio)
         mask = torch.cat([mask[index], suffix_mask], dim=-1)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -suffix_mask.shape[1]:]
-        out = self.decoder(
-            inputs_embeds=suffix_embeds, attention_mask=mask, position_ids=positions,
-            cache=cache, use_cache=True, logits_to_keep=1,
-        )
+        (logits,) = self._forward([Segment(suffix_embeds, positions, mask, cache)])
         self.stats["prefill_tokens"] += suffix_mask.numel()
-        return out.cache, out.logits[:, -1], mask, positions[:, -1] + 1
+        return cache, logits, mask, positions[:, -1] + 1, rider_logits
 
-    def _prefill_units(self, units: list[list[int]], unit_clips: list[list[str]],
-                       audio: dict[str, torch.Tensor], room: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def _prefill_units(self, units: list[list[int]], unit_clips: list[list[str]], audio: dict[str, torch.Tensor],
+                       room: int, rider: Segment | None = None) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
         """KV cache (with ``room`` free slots per row), next-token logits and 2-D mask of
-        left-padded prompts.
+        left-padded prompts, and the logits of the ``rider`` step (run in the first pass).
 
         Each prompt's head comes from the prefix cache; the rest runs in groups of similar
         length, then the groups' caches are joined. One padded batch would compute every
@@ -844,19 +867,18 @@ class Engine:
         (rows right-aligned, the gaps masked zeros) is what one padded prefill would have
         left, minus the wasted work.
         """
+        riders = [rider] if rider is not None else []
         if not self._joinable:  # caches that cannot be merged: one padded pass, no heads
             embeds, mask = self._embed(units, unit_clips, audio)
-            out = self.decoder(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                cache=make_kv_cache(self.decoder.config, mask.shape[1] + room), use_cache=True,
-                logits_to_keep=1,
-            )
+            cache = make_kv_cache(self.decoder.config, mask.shape[1] + room)
+            logits, *rest = self._forward([
+                Segment(embeds, (mask.cumsum(-1) - 1).clamp_min(0), mask, cache), *riders])
             self.stats["prefill_tokens"] += mask.numel()
-            return out.cache, out.logits[:, -1], mask
+            return cache, logits, mask, rest[0] if rest else None
         heads = [self._head_length(unit) for unit in units]
         bodies = [len(unit) - head for unit, head in zip(units, heads, strict=True)]
         groups = [sorted(rows) for rows in _group_by_length(range(len(units)), lambda i: bodies[i], waste=0.25)]
-        parts, masks, logits = [], [], None
+        parts, masks, logits, rider_logits = [], [], None, None
         for rows in groups:
             index = torch.tensor(rows, device=self.device)
             embeds, body_mask = self._embed([units[r][heads[r]:] for r in rows], [unit_clips[r] for r in rows], audio)
@@ -864,24 +886,23 @@ class Engine:
             cache, head_mask = self._head_cache(
                 [units[r][: heads[r]] for r in rows], body_mask.shape[1] + (room if len(groups) == 1 else 0))
             mask = torch.cat([head_mask, body_mask], dim=-1)
-            out = self.decoder(
-                inputs_embeds=embeds, attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp_min(0)[:, head_mask.shape[1]:],
-                cache=cache, use_cache=True, logits_to_keep=1,
-            )
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, head_mask.shape[1]:]
+            group_logits, *rest = self._forward([Segment(embeds, positions, mask, cache), *riders])
+            if rest:
+                rider_logits, riders = rest[0], []
             if logits is None:
-                logits = out.logits.new_empty((len(units), out.logits.shape[-1]))
-            logits[index] = out.logits[:, -1]
-            parts.append((index, out.cache))
+                logits = group_logits.new_empty((len(units), group_logits.shape[-1]))
+            logits[index] = group_logits
+            parts.append((index, cache))
             masks.append((index, mask))
             self.stats["prefill_tokens"] += body_mask.numel()
         if len(groups) == 1:
-            return parts[0][1], logits, masks[0][1]  # type: ignore[return-value]
+            return parts[0][1], logits, masks[0][1], rider_logits
         width = max(m.shape[1] for _, m in masks)
         mask = torch.zeros((len(units), width), dtype=torch.long, device=self.device)
         for index, part in masks:
             mask[index, width - part.shape[1]:] = part
-        return merge_right_aligned(parts, len(units), width, width + room), logits, mask  # type: ignore[return-value]
+        return merge_right_aligned(parts, len(units), width, width + room), logits, mask, rider_logits
 
     def _head_length(self, ids: list[int]) -> int:
         """Tokens before the first audio token: the part many prompts share (0 without audio)."""
@@ -907,10 +928,11 @@ class Engine:
             mask[members, width - len(head):] = 1
             cached = self.prefix_cache.get(head)
             if cached is None:
-                out = self.decoder(input_ids=torch.tensor([head], device=self.device),
-                                   cache=make_kv_cache(self.decoder.config, len(head)), use_cache=True,
-                                   logits_to_keep=1)
-                cached = out.cache
+                cached = make_kv_cache(self.decoder.config, len(head))
+                ids = torch.tensor([head], device=self.device)
+                self._forward([Segment(
+                    self.decoder.get_input_embeddings()(ids), torch.arange(len(head), device=self.device)[None],
+                    None, cached)])
                 self.prefix_cache.put(head, cached)
                 self.stats["prefill_tokens"] += len(head)
             else:
