@@ -97,3 +97,22 @@ def test_decoders_outside_the_family_run_their_own_forward(processor):
     conv = conversation(clip(1.5))
     (result,) = engine.generate([Request(conv, SamplingParams(max_new_tokens=4, ignore_eos=True))])
     assert result.token_ids == alone(model, processor, conv, 4)[:4]
+
+
+def test_newcomers_sharing_a_clip_join_with_the_running_step(tiny_model, processor):
+    """Two questions about one clip join a running row together: their shared prefix, their
+    own suffixes and the running row's step all come out as each request alone."""
+    long, short = clip(9.0, seed=1), clip(0.7, seed=2)
+    convs = [conversation(long), conversation(clip(8.0, seed=3)), conversation(clip(7.0, seed=4)),
+             conversation(short, "What is it?"), conversation(short, "Is there speech?")]
+    answers = [15, 2, 2, 6, 5]
+    requests = [Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True)) for c, n in
+                zip(convs, answers, strict=True)]
+    engine = Engine(tiny_model, processor, max_batch_size=3)
+    passes = record_passes(engine)
+    results = engine.generate(requests)
+    assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)[:n] for c, n in
+                                              zip(convs, answers, strict=True)]
+    assert engine.stats["shared_prefix_rows"] == 2 and engine.stats["steps_in_prefill"] == 1
+    # The joining pass: the shared prefix (one unit) with the running row's step beside it.
+    assert [(1, 1)] in [p[1:] for p in passes if len(p) == 2]

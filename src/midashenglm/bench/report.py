@@ -161,6 +161,10 @@ def _architecture_section(report: dict[str, Any], arch: dict[str, Any]) -> list[
             rows.append(row)
         parts += ["**Time to first token**, batch 1 (analytic: ratio of the MACs before the "
                   "first token, for the shapes measured).", "", _table(header, rows), ""]
+        if has_engine:
+            parts += ["The engine column runs as a service does: its cache of prompt heads (system "
+                      "prompt and user header, computed once) is warm, so it prefills only what "
+                      "follows them; the model comparison uses transformers for both.", ""]
     if "throughput" in report and not any(r.get("timed") for r in report["throughput"]):
         rows = [[r["model"], r["batch"], r["status"], fmt_bytes(r.get("peak_memory_bytes") or 0)]
                 for r in report["throughput"]]

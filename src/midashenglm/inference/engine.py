@@ -26,9 +26,12 @@ How requests run
        service shares its system prompt and header, a quarter or more of a short clip's
        prompt. Positions come from the mask, so a cached head is exactly what the prompt
        would have computed (the engine assumes the weights do not change under it).
-    6. Decoding calls ``model.decoder`` with a preallocated ``DynamicCache``; every row
-       has its own positions and mask, so a row gives the same tokens whatever joins or
-       leaves the batch around it.
+    6. Every decoder pass goes through ``Engine._forward``: for Llama-family decoders a
+       :class:`~midashenglm.inference.runner.SegmentRunner` pass, in which the running
+       rows' decode step rides along with the newcomers' prefill (one read of the weights
+       for both), else the decoder's transformers forward. The KV cache is preallocated
+       (written in place); every row has its own positions and mask, so a row gives the
+       same tokens whatever joins or leaves the batch around it.
 """
 
 from __future__ import annotations
@@ -289,7 +292,8 @@ class Engine:
     decoding), ``requests``, ``encoder_calls``, ``encoded_clips``, ``encoder_cache_hits``,
     ``shared_prefix_rows``, ``shared_prefix_tokens_saved``, ``prefix_cache_hits`` (rows
     that started from a cached head), ``prefix_cache_tokens_saved``, ``prefill_tokens``
-    (computed in prefill, padding included), ``decode_steps`` and ``batch_fallbacks``.
+    (computed in prefill, padding included), ``decode_steps``, ``steps_in_prefill``
+    (decode steps that ran in a prefill pass) and ``batch_fallbacks``.
     """
 
     def __init__(
