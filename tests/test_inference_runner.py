@@ -73,6 +73,31 @@ def test_one_pass_equals_separate_transformers_forwards(family_model):
             torch.testing.assert_close(a.values[..., -4:, :], b.values[..., -4:, :], atol=1e-5, rtol=1e-5)
 
 
+@torch.inference_mode()
+def test_weight_first_products_for_few_rows(family_model):
+    """Decode steps of up to 8 rows may multiply ``W @ x.T`` (faster on some CPUs): the same
+    logits as the transformers forward, either way; more rows take the usual path."""
+    decoder = family_model.decoder
+    embeds, mask, positions = _prompts(decoder, [6, 3, 5, 6], seed=2)
+    ids = torch.tensor([[7], [8], [9], [10]])
+    step_mask = torch.cat([mask, torch.ones(4, 1, dtype=torch.long)], dim=-1)
+    logits = {}
+    for name, runner in (("transformers", None), ("usual", SegmentRunner(decoder, weight_first=False)),
+                         ("weight first", SegmentRunner(decoder, weight_first=True))):
+        cache = make_kv_cache(decoder.config, 16)
+        forward_segments(decoder, runner, [Segment(embeds, positions, mask, cache)])
+        (logits[name],) = forward_segments(decoder, runner, [
+            Segment(decoder.get_input_embeddings()(ids), positions[:, -1:] + 1, step_mask, cache)])
+    for name in ("usual", "weight first"):
+        torch.testing.assert_close(logits[name], logits["transformers"], atol=1e-5, rtol=1e-5)
+    runner = SegmentRunner(decoder, weight_first=True)
+    layer = decoder.model.layers[0].mlp.gate_proj
+    for rows in (1, 8, 9):
+        x = torch.randn(rows, layer.in_features)
+        torch.testing.assert_close(runner._linear(layer, x), layer(x), atol=1e-5, rtol=1e-5)
+    assert SegmentRunner(decoder).weight_first in (True, False)  # measured on this machine
+
+
 def test_engine_on_each_family_equals_alone(family_model, processor):
     """Requests joining a running batch (their prefill carrying its decode step) still get the
     tokens of each request run alone, whatever the decoder family."""
@@ -85,6 +110,10 @@ def test_engine_on_each_family_equals_alone(family_model, processor):
     assert [r.token_ids for r in results] == [alone(family_model, processor, c, n)[:n] for c, n in
                                               zip(convs, answers, strict=True)]
     assert engine.stats["steps_in_prefill"] >= 3 and any(len(p) == 2 for p in passes)
+    # The same with decode steps multiplied weight first (what a CPU that favours it runs).
+    other = Engine(family_model, processor, max_batch_size=2)
+    other._runner.weight_first = not engine._runner.weight_first
+    assert [r.token_ids for r in other.generate(requests)] == [r.token_ids for r in results]
 
 
 def test_decoders_outside_the_family_run_their_own_forward(processor):
