@@ -145,3 +145,31 @@ def test_newcomers_sharing_a_clip_join_with_the_running_step(tiny_model, process
     assert engine.stats["shared_prefix_rows"] == 2 and engine.stats["steps_in_prefill"] == 1
     # The joining pass: the shared prefix (one unit) with the running row's step beside it.
     assert [(1, 1)] in [p[1:] for p in passes if len(p) == 2]
+
+
+@pytest.mark.parametrize("after_writing", [False, True])
+def test_a_failing_join_pass_loses_no_request(tiny_model, processor, after_writing):
+    """A pass that joins newcomers and steps the running rows fails (as out of memory would),
+    before or after writing the running rows' KV cache: every request still gets the tokens
+    it gets alone (the running rows start over alone if their cache was touched)."""
+    answers = [9, 2, 5, 4]
+    convs = [conversation(clip(3.0 - 0.5 * i, seed=i)) for i in range(len(answers))]
+    requests = [Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True)) for c, n in
+                zip(convs, answers, strict=True)]
+    engine = Engine(tiny_model, processor, max_batch_size=2)
+    forward, failed = engine._forward, []
+
+    def failing(segments):
+        if len(segments) == 2 and not failed:
+            failed.append(True)
+            if after_writing:
+                forward(segments)
+            raise RuntimeError("out of memory (simulated)")
+        return forward(segments)
+
+    engine._forward = failing
+    results = engine.generate(requests)
+    assert failed and all(r.error is None for r in results)
+    assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)[:n] for c, n in
+                                              zip(convs, answers, strict=True)]
+    assert engine.stats["batch_fallbacks"] == 1

@@ -654,7 +654,7 @@ class Engine:
                 # The pass failed after writing to the running rows' cache: they start over alone.
                 group = [row.item for row in batch.rows] + group
                 batch.clear()
-            if len(group) == 1:
+            if len(group) == 1 and rider is None:  # it failed alone: it would fail again
                 return [(group[0], _error_result(group[0].request, err))], False
             self.stats["batch_fallbacks"] += 1
             for item in reversed(group):
