@@ -67,6 +67,56 @@ class SegmentRunner:
         # See _linear; None: measure which way is faster on this machine.
         self.weight_first = self._weight_first_is_faster() if weight_first is None else weight_first
 
+    @staticmethod
+    def supports(decoder: Any) -> bool:
+        config = getattr(decoder, "config", None)
+        model = getattr(decoder, "model", None)
+        if config is None or model is None or getattr(config, "model_type", None) not in FAMILY:
+            return False
+        if not full_attention(config) or (config.model_type == "mistral" and getattr(config, "sliding_window", None)):
+            return False
+        layers = getattr(model, "layers", None)
+        needed = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        mlp = ("gate_proj", "up_proj", "down_proj", "act_fn")
+        return bool(layers) and all(hasattr(layer, name) for layer in layers for name in needed) and all(
+            hasattr(layer.mlp, name) for layer in layers for name in mlp) and all(
+            hasattr(model, name) for name in ("embed_tokens", "rotary_emb", "norm")) and hasattr(decoder, "lm_head")
+
+    def __call__(self, segments: list[Segment]) -> list[torch.Tensor]:
+        x = torch.cat([s.embeds.reshape(-1, s.embeds.shape[-1]) for s in segments])
+        bounds, start = [], 0
+        for s in segments:
+            bounds.append((start, start + s.rows * s.new))
+            start += s.rows * s.new
+        rotary = [self.model.rotary_emb(s.embeds, s.positions) for s in segments]
+        masks = [_attention_mask(s) for s in segments]
+        for index, layer in enumerate(self.model.layers):
+            attention = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = self._linear(attention.q_proj, h), self._linear(attention.k_proj, h), self._linear(attention.v_proj, h)
+            outputs = []
+            for s, (a, b), (cos, sin), mask in zip(segments, bounds, rotary, masks, strict=True):
+                shape = (s.rows, s.new, -1, attention.head_dim)
+                qs, ks, vs = q[a:b].view(shape), k[a:b].view(shape), v[a:b].view(shape)
+                if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head
+                    qs, ks = attention.q_norm(qs), attention.k_norm(ks)
+                qs, ks = self._rotary(qs.transpose(1, 2), ks.transpose(1, 2), cos, sin)
+                ks, vs = s.cache.layers[index].update(ks, vs.transpose(1, 2))
+                out = F.scaled_dot_product_attention(
+                    qs, ks, vs, attn_mask=mask, scale=attention.scaling,
+                    enable_gqa=qs.shape[1] != ks.shape[1],
+                )
+                outputs.append(out.transpose(1, 2).reshape(b - a, -1))
+            x = x + self._linear(attention.o_proj, outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+            h = layer.post_attention_layernorm(x)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(mlp.act_fn(self._linear(mlp.gate_proj, h)) * self._linear(mlp.up_proj, h))
+        # Only each row's last token needs the norm and the LM head.
+        last = torch.cat([torch.arange(s.rows, device=x.device) * s.new + (a + s.new - 1)
+                          for s, (a, _) in zip(segments, bounds, strict=True)])
+        logits = self._linear(self.decoder.lm_head, self.model.norm(x[last]))
+        return list(logits.split([s.rows for s in segments]))
+
     # A decode step multiplies a handful of rows by every weight matrix and takes the time
     # to read the weights. CPU BLAS libraries compute ``x @ W.T`` for so few rows with a
     # kernel that reaches less of the memory bandwidth than ``W @ x.T`` does (on the
@@ -106,59 +156,6 @@ class SegmentRunner:
                     self._linear(layer, inputs[layer.in_features])
                 best[way] = min(best[way], time.perf_counter() - start)
         return best[True] < 0.9 * best[False]  # a clear win only
-
-    @staticmethod
-    def supports(decoder: Any) -> bool:
-        config = getattr(decoder, "config", None)
-        model = getattr(decoder, "model", None)
-        if config is None or model is None or getattr(config, "model_type", None) not in FAMILY:
-            return False
-        if not full_attention(config) or (config.model_type == "mistral" and getattr(config, "sliding_window", None)):
-            return False
-        layers = getattr(model, "layers", None)
-        needed = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-        mlp = ("gate_proj", "up_proj", "down_proj", "act_fn")
-        return bool(layers) and all(hasattr(layer, name) for layer in layers for name in needed) and all(
-            hasattr(layer.mlp, name) for layer in layers for name in mlp) and all(
-            hasattr(model, name) for name in ("embed_tokens", "rotary_emb", "norm")) and hasattr(decoder, "lm_head")
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(ids)
-
-    def __call__(self, segments: list[Segment]) -> list[torch.Tensor]:
-        x = torch.cat([s.embeds.reshape(-1, s.embeds.shape[-1]) for s in segments])
-        bounds, start = [], 0
-        for s in segments:
-            bounds.append((start, start + s.rows * s.new))
-            start += s.rows * s.new
-        rotary = [self.model.rotary_emb(s.embeds, s.positions) for s in segments]
-        masks = [_attention_mask(s) for s in segments]
-        for index, layer in enumerate(self.model.layers):
-            attention = layer.self_attn
-            h = layer.input_layernorm(x)
-            q, k, v = self._linear(attention.q_proj, h), self._linear(attention.k_proj, h), self._linear(attention.v_proj, h)
-            outputs = []
-            for s, (a, b), (cos, sin), mask in zip(segments, bounds, rotary, masks, strict=True):
-                shape = (s.rows, s.new, -1, attention.head_dim)
-                qs, ks, vs = q[a:b].view(shape), k[a:b].view(shape), v[a:b].view(shape)
-                if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head
-                    qs, ks = attention.q_norm(qs), attention.k_norm(ks)
-                qs, ks = self._rotary(qs.transpose(1, 2), ks.transpose(1, 2), cos, sin)
-                ks, vs = s.cache.layers[index].update(ks, vs.transpose(1, 2))
-                out = F.scaled_dot_product_attention(
-                    qs, ks, vs, attn_mask=mask, scale=attention.scaling,
-                    enable_gqa=qs.shape[1] != ks.shape[1],
-                )
-                outputs.append(out.transpose(1, 2).reshape(b - a, -1))
-            x = x + self._linear(attention.o_proj, outputs[0] if len(outputs) == 1 else torch.cat(outputs))
-            h = layer.post_attention_layernorm(x)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(mlp.act_fn(self._linear(mlp.gate_proj, h)) * self._linear(mlp.up_proj, h))
-        # Only each row's last token needs the norm and the LM head.
-        last = torch.cat([torch.arange(s.rows, device=x.device) * s.new + (a + s.new - 1)
-                          for s, (a, _) in zip(segments, bounds, strict=True)])
-        logits = self._linear(self.decoder.lm_head, self.model.norm(x[last]))
-        return list(logits.split([s.rows for s in segments]))
 
 
 def full_attention(config: Any) -> bool:
