@@ -102,6 +102,11 @@ class SegmentRunner:
                     qs, ks = attention.q_norm(qs), attention.k_norm(ks)
                 qs, ks = self._rotary(qs.transpose(1, 2), ks.transpose(1, 2), cos, sin)
                 ks, vs = s.cache.layers[index].update(ks, vs.transpose(1, 2))
+                groups = qs.shape[1] // ks.shape[1]
+                if groups > 1 and mask is not None and qs.is_cuda:
+                    # CUDA's fused kernels take grouped heads only without a mask (as
+                    # transformers does it): repeat the KV heads instead.
+                    ks, vs = ks.repeat_interleave(groups, 1), vs.repeat_interleave(groups, 1)
                 out = F.scaled_dot_product_attention(
                     qs, ks, vs, attn_mask=mask, scale=attention.scaling,
                     enable_gqa=qs.shape[1] != ks.shape[1],
