@@ -28,5 +28,5 @@ def test_rows_rewrite_and_append(tmp_path):
     assert jsonl.rewrite(path, lambda row: "error" not in row) == 1
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [1, 3]
     path.write_text('{"id": 1}\nnot json\n')
-    with pytest.raises(UserError, match="line 2: not a JSON row.*fix it"):
+    with pytest.raises(UserError, match="line 2: invalid JSON.*fix it"):
         list(jsonl.existing_rows(path, hint="fix it"))

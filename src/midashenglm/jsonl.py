@@ -41,20 +41,36 @@ def repair_tail(path: Path) -> int:
     return 0
 
 
-def existing_rows(path: Path, *, hint: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def parse_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, row, problem) of every non-blank line of a JSONL file: ``row`` is None
+    and ``problem`` says why when the line is not a JSON object."""
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield number, None, f"invalid JSON ({err.msg})"
+                    continue
+                if isinstance(row, dict):
+                    yield number, row, None
+                else:
+                    yield number, None, "not a JSON object"
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def existing_rows(path: Path, *, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of every non-blank line; a line that is not a JSON object is
     a :class:`UserError` naming it, followed by ``hint`` (what the user can do)."""
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {number}: not a JSON row ({err.msg}); {hint}") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}, line {number}: not a JSON object; {hint}")
-            yield number, row
+    for number, row, problem in parse_lines(path):
+        if row is None:
+            raise UserError(f"{path}, line {number}: {problem}" + (f"; {hint}" if hint else ""))
+        yield number, row
 
 
 def rewrite(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:

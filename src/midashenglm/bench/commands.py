@@ -150,11 +150,12 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     import torch
     from rich.console import Console
 
-    from midashenglm.bench.measure import machine_info, pin_threads, progress_bar
+    from midashenglm.bench.measure import machine_info, pin_threads
     from midashenglm.bench.models import SCALES, build_models
     from midashenglm.bench.report import headline, write_report
     from midashenglm.bench.suite import Settings, Suite, engine_available
     from midashenglm.checkpoint import _resolve_dtype, resolve_device
+    from midashenglm.progress import ProgressBar
 
     console = Console(stderr=options["as_json"])
     scale = options["scale"]
@@ -211,8 +212,8 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     with console.status("building random-weight models"):
         models = build_models(scale, device=device, dtype=dtype, seed=settings.seed)
     sections = SECTIONS[name]
-    with progress_bar(_steps(sections, settings), f"bench {name}", enabled=not options["as_json"]) as advance:
-        suite = Suite(models, settings, advance=advance)
+    with ProgressBar(_steps(sections, settings), f"bench {name}", enabled=not options["as_json"]) as bar:
+        suite = Suite(models, settings, advance=lambda label="": bar.advance(1, label))
         results = suite.run(sections)
 
     report = {

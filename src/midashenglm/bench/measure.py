@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -244,27 +244,3 @@ def matmul_peak(
     assert best is not None
     return best
 
-
-# --------------------------------------------------------------------------- progress
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar; yields ``advance(label)``. Silent when disabled."""
-    if not enabled:
-        yield lambda label="": None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[label]}"),
-        transient=False,
-    ) as progress:
-        task = progress.add_task(description, total=total, label="")
-
-        def advance(label: str = "") -> None:
-            progress.update(task, advance=1, label=label)
-
-        yield advance

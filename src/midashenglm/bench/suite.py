@@ -530,19 +530,8 @@ class Suite:
                 f"transformers generate, one request at a time ({len(few)} of the requests, "
                 f"one in {step}, mean {sum(few) / len(few):.1f} s)", naive("midashenglm", 1), few)
 
-        if s.engine and engine_available():
-            for name in ("midashenglm", "baseline"):
-                eng = self.engine(name, s.mixed_batch)
-                self.engine_generate(eng, self._conversations(lengths[: s.mixed_batch]), 2)  # warm-up
-                measure(name, "engine", f"inference engine, at most {s.mixed_batch} rows a batch",
-                        lambda convs, e=eng: self.engine_generate(e, convs, tokens), lengths)
-            # The engine as shipped: it picks batches by its budgets, not a fixed size.
-            eng = self.engine("midashenglm", None)
-            measure("midashenglm", "engine_default",
-                    f"inference engine, default budgets (at most {eng.max_batch_size} rows)",
-                    lambda convs, e=eng: self.engine_generate(e, convs, tokens), lengths)
-        else:
-            out["engine"] = "not available: midashenglm.inference.engine is not installed"
+        self._measure_engines(out, ("midashenglm", "baseline"), measure, lengths,
+                              lambda: self._conversations(lengths[:2]), tokens)
         return out
 
     def _measure_run(self, out: dict[str, Any], workload: str, name: str, loop: str, description: str,
@@ -625,21 +614,29 @@ class Suite:
                 f"transformers generate, one request at a time ({len(few)} of the requests, one in "
                 f"{step}, mean {sum(r.seconds for r in few) / len(few):.1f} s, "
                 f"{sum(r.new_tokens for r in few) / len(few):.1f} tokens)", naive("midashenglm", 1, few), few)
-        if s.engine and engine_available():
-            wanted = [r.new_tokens for r in requests]
-            for name in MODELS:
-                eng = self.engine(name, s.mixed_batch)
-                self.engine_generate(eng, task_conversations(requests[:2], self._fresh_seed()), 2)  # warm-up
-                measure(name, "engine",
-                        f"inference engine, at most {s.mixed_batch} rows, continuous batching",
-                        lambda convs, e=eng: self.engine_generate(e, convs, wanted), requests)
-            eng = self.engine("midashenglm", None)
-            measure("midashenglm", "engine_default",
-                    f"inference engine, default budgets (at most {eng.max_batch_size} rows)",
-                    lambda convs, e=eng: self.engine_generate(e, convs, wanted), requests)
-        else:
-            out["engine"] = "not available: midashenglm.inference.engine is not installed"
+        self._measure_engines(out, MODELS, measure, requests,
+                              lambda: task_conversations(requests[:2], self._fresh_seed()),
+                              [r.new_tokens for r in requests])
         return out
+
+    def _measure_engines(self, out: dict[str, Any], names: tuple[str, ...], measure: Callable[..., None],
+                         requests: list[Any], warm_up: Callable[[], list[Any]],
+                         new_tokens: int | list[int]) -> None:
+        """The engine on each of ``names`` with at most ``mixed_batch`` rows, then MiDashengLM's
+        engine as shipped (its default budgets). Each is warmed up first, as a running
+        service is (its caches of prompt heads included)."""
+        if not (self.settings.engine and engine_available()):
+            out["engine"] = "not available: midashenglm.inference.engine is not installed"
+            return
+        rows = self.settings.mixed_batch
+        for name, limit in [*((n, rows) for n in names), ("midashenglm", None)]:
+            eng = self.engine(name, limit)
+            self.engine_generate(eng, warm_up(), 2)
+            loop, description = (
+                ("engine", f"inference engine, at most {rows} rows, continuous batching") if limit else
+                ("engine_default", f"inference engine, default budgets (at most {eng.max_batch_size} rows)"))
+            measure(name, loop, description,
+                    lambda convs, e=eng: self.engine_generate(e, convs, new_tokens), requests)
 
     # --------------------------------------------------------------- comparisons
     def comparisons(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from midashenglm import jsonl
 from midashenglm.errors import UserError
 
 # Fields of the official format. ``text``/``label``/``answer``/``choices`` depend on the task.
@@ -107,44 +108,28 @@ def read_results(path: str | Path) -> ResultFile:
         raise UserError(f"{path}: no such result file")
     result = ResultFile(path)
     name = str(path)
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
-    with handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                row, reason = parse_line(line)
-                if reason is not None:
-                    result.problems.append(Problem(name, number, reason))
-                else:
-                    result.rows.append(ResultRow(row, number))
-                    if not row["model_output"].strip():
-                        result.empty_outputs.append(Problem(name, number, "empty 'model_output'"))
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for number, row, problem in jsonl.parse_lines(path):
+        reason = problem or _row_problem(row)  # type: ignore[arg-type]
+        if reason is not None:
+            result.problems.append(Problem(name, number, reason))
+            continue
+        result.rows.append(ResultRow(row, number))  # type: ignore[arg-type]
+        if not row["model_output"].strip():  # type: ignore[index]
+            result.empty_outputs.append(Problem(name, number, "empty 'model_output'"))
     return result
 
 
-def parse_line(line: str) -> tuple[dict[str, Any], None] | tuple[None, str]:
-    """One line -> (row, None), or (None, reason) when it is not a usable result row."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        return None, f"invalid JSON ({err.msg} at column {err.colno})"
-    if not isinstance(row, dict):
-        return None, f"not a JSON object (a {type(row).__name__})"
+def _row_problem(row: dict[str, Any]) -> str | None:
+    """Why a JSON object is not a usable result row (None when it is)."""
     if row.get("error"):
         # a row the runner recorded for a clip or batch that failed: say why
-        return None, f"inference failed: {row['error']}"
+        return f"inference failed: {row['error']}"
     if "model_output" not in row:
-        return None, "missing field 'model_output'"
+        return "missing field 'model_output'"
     output = row["model_output"]
     if not isinstance(output, str):
-        return None, f"'model_output' is not a string (got {_type_name(output)})"
-    return row, None
+        return f"'model_output' is not a string (got {_type_name(output)})"
+    return None
 
 
 def _type_name(value: Any) -> str:

@@ -27,6 +27,7 @@ import typer
 from midashenglm import jsonl
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
+from midashenglm.progress import ProgressBar
 
 if TYPE_CHECKING:
     from midashenglm.evaluation.tasks import Task
@@ -239,7 +240,7 @@ def run_benchmark(
     lm, processor = model_and_processor
     out_path.parent.mkdir(parents=True, exist_ok=True)
     total = len(items) if isinstance(items, list) else None
-    with out_path.open("a", encoding="utf-8") as fp, _progress(progress, task, total) as bar:
+    with out_path.open("a", encoding="utf-8") as fp, ProgressBar(total, task.name, enabled=progress) as bar:
         for batch in _batches(items, batch_size, skip, summary, bar):
             rows = _answer_batch(lm, processor, task, batch, name, prompt_style, system_prompt,
                                  max_new, summary)
@@ -356,48 +357,6 @@ def _score(summary: RunSummary, task: Task) -> None:
         summary.score = score_file(summary.out, task.metric, mecat_metric="fense")
     except Exception as err:  # noqa: BLE001 - the results are written; scoring is a bonus here
         summary.score_error = f"{type(err).__name__}: {err}"
-
-
-class _NoBar:
-    def advance(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-class _RichBar:
-    def __init__(self, task: Task, total: int | None) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                  transient=False)
-        self._id = self._progress.add_task(task.name, total=total)
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._id, n)
-
-    def __enter__(self) -> _RichBar:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
-
-
-def _progress(enabled: bool, task: Task, total: int | None) -> _NoBar | _RichBar:
-    return _RichBar(task, total) if enabled else _NoBar()
 
 
 # ---------------------------------------------------------------------------- command

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from midashenglm.errors import UserError
+from midashenglm.progress import ProgressBar
 
 if TYPE_CHECKING:  # pragma: no cover
     from midashenglm.inference.engine import Engine, Request, Result
@@ -151,12 +152,8 @@ def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | Non
 def _with_progress(engine: Engine, requests: list[Request], what: str) -> list[Result]:
     if len(requests) == 1:
         return engine.generate(requests)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=_stderr(), transient=True) as progress:
-        task = progress.add_task(what, total=len(requests))
-        return engine.generate(requests, progress=lambda _: progress.advance(task))
+    with ProgressBar(len(requests), what, transient=True) as bar:
+        return engine.generate(requests, progress=lambda _: bar.advance())
 
 
 # ------------------------------------------------------------------------------ batch jobs
@@ -321,43 +318,22 @@ def _run_endpoint(rows: list[ManifestRow], writer: Any, progress: _RunProgress, 
                 progress.advance(answer.audio_seconds)
 
 
-class _RunProgress:
-    """A rich progress bar with clips/s and audio-hours/s."""
+class _RunProgress(ProgressBar):
+    """The progress bar of a batch job, with clips/s and audio-hours/s, and its counts."""
 
     def __init__(self, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=_stderr(),
-        )
-        self.task = self.progress.add_task("inference", total=total, rate="")
+        super().__init__(total, "inference")
         self.done = self.errors = 0
         self.audio_seconds = 0.0
         self.t0 = time.perf_counter()
 
-    def advance(self, audio_seconds: float = 0.0, *, error: bool = False) -> None:
+    def advance(self, audio_seconds: float = 0.0, *, error: bool = False) -> None:  # type: ignore[override]
         self.done += 1
         self.errors += error
         self.audio_seconds += audio_seconds
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        rate = f"{self.done / elapsed:.2f} clips/s, {self.audio_seconds / 3600 / elapsed:.4f} audio-h/s"
-        self.progress.update(self.task, advance=1, rate=rate)
-
-    def __enter__(self) -> _RunProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        super().advance(1, f"{self.done / elapsed:.2f} clips/s, "
+                           f"{self.audio_seconds / 3600 / elapsed:.4f} audio-h/s")
 
 
 # ----------------------------------------------------------------------------- helpers

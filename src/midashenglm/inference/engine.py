@@ -871,14 +871,13 @@ class Engine:
         (rows right-aligned, the gaps masked zeros) is what one padded prefill would have
         left, minus the wasted work.
         """
-        riders = [rider] if rider is not None else []
-        if not self._joinable:  # caches that cannot be merged: one padded pass, no heads
+        if not self._joinable:  # caches that cannot be merged: one padded pass, no heads, no riders
             embeds, mask = self._embed(units, unit_clips, audio)
             cache = make_kv_cache(self.decoder.config, mask.shape[1] + room)
-            logits, *rest = self._forward([
-                Segment(embeds, (mask.cumsum(-1) - 1).clamp_min(0), mask, cache), *riders])
+            (logits,) = self._forward([Segment(embeds, (mask.cumsum(-1) - 1).clamp_min(0), mask, cache)])
             self.stats["prefill_tokens"] += mask.numel()
-            return cache, logits, mask, rest[0] if rest else None
+            return cache, logits, mask, None
+        riders = [rider] if rider is not None else []
         heads = [self._head_length(unit) for unit in units]
         bodies = [len(unit) - head for unit, head in zip(units, heads, strict=True)]
         groups = [sorted(rows) for rows in _group_by_length(range(len(units)), lambda i: bodies[i], waste=0.25)]

@@ -15,7 +15,6 @@ line is cut off and rows already written are skipped.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,21 +62,9 @@ def count_rows(path: str | os.PathLike) -> int:
 
 
 def _jsonl_rows(path: Path) -> Iterator[ManifestRow]:
-    index = 0
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield ManifestRow(index, {}, f"{path.name} line {number}: invalid JSON ({err.msg})")
-            else:
-                if isinstance(data, dict):
-                    yield ManifestRow(index, data)
-                else:
-                    yield ManifestRow(index, {}, f"{path.name} line {number}: not a JSON object")
-            index += 1
+    # A bad line becomes a row with an error (recorded in the output), not the end of the job.
+    for index, (number, data, problem) in enumerate(jsonl.parse_lines(path)):
+        yield ManifestRow(index, data or {}, f"{path.name} line {number}: {problem}" if problem else None)
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[ManifestRow]:

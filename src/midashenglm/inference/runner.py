@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+# What _weight_first_is_faster found for each decoder: every engine on it agrees, and it
+# is measured once.
+_WEIGHT_FIRST: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 # Decoders whose layers are (norm, attention with q/k/v/o projections and rotary positions,
 # norm, MLP) with full attention everywhere.
@@ -64,8 +69,12 @@ class SegmentRunner:
         self.model = decoder.model
         attention = self.model.layers[0].self_attn
         self._rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
-        # See _linear; None: measure which way is faster on this machine.
-        self.weight_first = self._weight_first_is_faster() if weight_first is None else weight_first
+        # See _linear; None: measure which way is faster on this machine (once per decoder).
+        if weight_first is None:
+            weight_first = _WEIGHT_FIRST.get(decoder)
+            if weight_first is None:
+                weight_first = _WEIGHT_FIRST[decoder] = self._weight_first_is_faster()
+        self.weight_first = weight_first
 
     @staticmethod
     def supports(decoder: Any) -> bool:

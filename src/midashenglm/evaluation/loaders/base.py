@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from midashenglm import jsonl
 from midashenglm.errors import UserError
 
 AUDIO_EXTENSIONS = frozenset(
@@ -146,20 +147,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}, line {number}: not valid JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}, line {number}: expected a JSON object")
-                yield row
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read it ({err})") from None
+    return (row for _, row in jsonl.existing_rows(path))
 
 
 def column(row: dict[str, Any], *names: str, default: Any = None) -> Any:
