@@ -318,22 +318,28 @@ def _run_endpoint(rows: list[ManifestRow], writer: Any, progress: _RunProgress, 
                 progress.advance(answer.audio_seconds)
 
 
-class _RunProgress(ProgressBar):
-    """The progress bar of a batch job, with clips/s and audio-hours/s, and its counts."""
+class _RunProgress:
+    """A batch job's counts (rows, errors, audio), shown on its progress bar as rates."""
 
     def __init__(self, total: int) -> None:
-        super().__init__(total, "inference")
+        self.bar = ProgressBar(total, "inference")
         self.done = self.errors = 0
         self.audio_seconds = 0.0
         self.t0 = time.perf_counter()
 
-    def advance(self, audio_seconds: float = 0.0, *, error: bool = False) -> None:  # type: ignore[override]
+    def advance(self, audio_seconds: float = 0.0, *, error: bool = False) -> None:
         self.done += 1
         self.errors += error
         self.audio_seconds += audio_seconds
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        super().advance(1, f"{self.done / elapsed:.2f} clips/s, "
-                           f"{self.audio_seconds / 3600 / elapsed:.4f} audio-h/s")
+        self.bar.advance(1, f"{self.done / elapsed:.2f} clips/s, {self.audio_seconds / 3600 / elapsed:.4f} audio-h/s")
+
+    def __enter__(self) -> _RunProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------------- helpers
