@@ -49,7 +49,7 @@ def main() -> None:
     audio = args.audio or demo_clip()
     wave = load_audio(audio)
     conversation = [{"role": "user", "content": [
-        {"type": "audio", "audio": wave},
+        {"type": "audio", "audio": wave, "sampling_rate": 16000},  # load_audio gives 16 kHz
         {"type": "text", "text": args.question},
     ]}]
     batch = processor.apply_chat_template(conversation, tokenize=True).to(args.device)

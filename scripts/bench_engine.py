@@ -7,7 +7,7 @@
 Measures on the same model and the same mixed-length clips (0.3 s .. 30 s):
   * ``loop``: ``model.generate`` one request at a time;
   * ``naive-N``: fixed batches of N requests in arrival order through ``model.generate``;
-  * ``engine-N``: ``Engine.generate`` with ``max_batch_size=N`` (length sorting, encoder
+  * ``engine-N``: ``Engine.generate`` with ``max_num_seqs=N`` (length sorting, encoder
     batching by length, preallocated KV cache, continuous batching: finished rows leave
     the batch and waiting requests take their place);
   * ``engine``: the same with its default budgets (up to 32 rows, 600 s of audio);
@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from midashenglm.conversation import build_conversation
 
 DECODERS: dict[str, dict[str, Any]] = {
     # A few-layer Qwen2 decoder: big enough that the model's work shows, small for a CPU.
@@ -99,8 +101,7 @@ def clips(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def conversation(wave: np.ndarray, question: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "audio", "audio": wave},
-                                         {"type": "text", "text": question}]}]
+    return build_conversation(wave, question, sampling_rate=16000)
 
 
 def hf_generate(model: Any, processor: Any, convs: list[list[dict]], batch: int,
@@ -140,7 +141,7 @@ def throughput(model: Any, processor: Any, convs: list[list[dict]], args: argpar
     requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, lengths, strict=True)]
 
     def engine_run(batch: int) -> Any:
-        return lambda: Engine(model, processor, max_batch_size=batch).generate(requests)
+        return lambda: Engine(model, processor, max_num_seqs=batch).generate(requests)
 
     runs = {
         "loop": lambda: hf_generate(model, processor, convs, 1, args.max_new_tokens, lengths),
@@ -216,7 +217,7 @@ def print_table(title: str, numbers: dict, args: argparse.Namespace) -> None:
     print(f"{'':44s} {'seconds':>8s} {'clips/s':>8s} {'tokens/s':>9s} {'vs loop':>8s} {'vs naive':>9s}")
     names = {"loop": "loop model.generate (1 at a time)",
              "naive": f"naive model.generate (batches of {args.batch})",
-             "engine": f"engine (max_batch_size={args.batch})",
+             "engine": f"engine (max_num_seqs={args.batch})",
              "budget": "engine (default budgets: up to 32 rows)"}
     for key, name in names.items():
         t = seconds[key]

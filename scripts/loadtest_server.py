@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of requests that stream (default 0.5)")
     p.add_argument("--time-limit", type=float, default=600.0,
                    help="hard cap on the whole run in seconds (default 600)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="engine batch size of a started server")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="engine rows of a started server (its --max-num-seqs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -100,7 +101,7 @@ def start_server(model: Path, args: argparse.Namespace, stack: ExitStack) -> tup
            "--port", str(port), "--device", "cpu", "--log-level", "warning",
            "--max-queue", str(args.requests + 8), "--max-tokens-limit", str(args.max_tokens),
            "--max-audio-seconds", str(args.max_seconds + 1),
-           "--max-batch-size", str(args.max_batch_size),
+           "--max-num-seqs", str(args.max_batch_size),
            "--request-timeout", str(args.time_limit)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = stack.enter_context(tempfile.TemporaryFile("w+"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import threading
 import time
@@ -70,3 +71,86 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class EngineProbe:
+    """The engine as an app sees it, recording what the app does with it (a test double
+    that forwards everything to the real engine).
+
+    ``submitted``: (request, future) per ``submit``; ``aborted``: the ids passed to
+    ``abort`` (``abort_called`` is set at the first). When ``gate`` is an Event at submit
+    time, the request's first token waits in the engine's worker for it (at most
+    ``gate_timeout`` s), after adding the request to ``started`` and setting
+    ``first_token``: a test can hold a request inside a running batch until it has done
+    what it wants to, instead of hoping for a timing.
+    """
+
+    def __init__(self, engine: Any, gate: threading.Event | None = None, gate_timeout: float = 60) -> None:
+        self._engine = engine
+        self.gate = gate
+        self.gate_timeout = gate_timeout
+        self.submitted: list[tuple[Any, Any]] = []
+        self.aborted: list[str] = []
+        self.abort_called = threading.Event()
+        self.first_token = threading.Event()
+        self.started: list[int] = []  # submit order of the gated requests that made a token
+
+    def reset(self, *, hold_until_abort: bool = False) -> EngineProbe:
+        """Forget what was recorded; with ``hold_until_abort``, gate first tokens on the next
+        ``abort`` call."""
+        self.submitted, self.aborted, self.started = [], [], []
+        self.abort_called, self.first_token = threading.Event(), threading.Event()
+        self.gate = self.abort_called if hold_until_abort else None
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def submit(self, request: Any, on_text: Any = None) -> Any:
+        if self.gate is not None:
+            on_text = self._gated(self.gate, on_text, len(self.submitted))
+        future = self._engine.submit(request, on_text=on_text)
+        self.submitted.append((request, future))
+        return future
+
+    def _gated(self, gate: threading.Event, on_text: Any, index: int) -> Any:
+        first = [True]
+
+        def gated(delta: str) -> None:  # the engine's worker thread
+            if first[0]:
+                first[0] = False
+                self.started.append(index)
+                self.first_token.set()
+                gate.wait(self.gate_timeout)
+            if on_text is not None:
+                on_text(delta)
+
+        return gated
+
+    def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self._engine.abort(request_id)
+        self.abort_called.set()
+
+    def futures(self) -> list[Any]:
+        return [future for _, future in self.submitted]
+
+
+def wait_until(condition: Any, seconds: float = 30, what: str = "condition") -> None:
+    """Poll ``condition`` until true, failing after a bounded time (a deadline, not a delay)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {seconds} s"
+        time.sleep(0.01)
+
+
+def sse_payloads(lines: list[str]) -> list[Any]:
+    """The JSON payloads of ``data:`` lines, ``[DONE]`` as the string."""
+    out = []
+    for line in lines:
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[6:]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out

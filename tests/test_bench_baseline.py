@@ -180,7 +180,7 @@ def test_engine_runs_the_baseline_when_installed(models):
         pytest.skip("midashenglm.inference.engine is not installed")
     from midashenglm.inference import Engine, Request, SamplingParams
 
-    engine = Engine(models.baseline, models.baseline_processor, max_batch_size=4, encoder_cache_items=0)
+    engine = Engine(models.baseline, models.baseline_processor, max_num_seqs=4, encoder_cache_items=0)
     prompt = make_prompt(models.processor, 30)
     params = SamplingParams(max_new_tokens=3, ignore_eos=True)
     results = engine.generate([Request(c, params) for c in conversations(prompt, [1.0, 3.0], seed=1)])

@@ -125,7 +125,9 @@ def test_early_model_type_is_accepted(tmp_path, tiny_model):
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "miaudiollm"
     (folder / "config.json").write_text(json.dumps(config))
-    assert isinstance(load_pretrained(folder), MiDashengLM)
+    again = load_pretrained(folder)
+    for name, tensor in tiny_model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
 
 
 def test_wrong_model_type_is_named(tmp_path, tiny_model):
@@ -177,13 +179,22 @@ def test_missing_folder_and_missing_shard(tmp_path, tiny_model):
         load_pretrained(tmp_path / "ck")
 
 
-def test_load_in_bf16_keeps_frontend_fp32(tiny_checkpoint, processor):
+def test_load_in_bf16_keeps_frontend_fp32(tiny_model, tiny_checkpoint, processor):
+    # Loading builds the model under a bf16 default dtype: the front end must not follow it.
     model = load_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
     assert model.decoder.model.embed_tokens.weight.dtype == torch.bfloat16
-    assert model.audio_encoder.front_end.constants(torch.device("cpu"))[1].dtype == torch.float32
+    assert model.audio_encoder.patch_embed.proj.weight.dtype == torch.bfloat16
+    window, filterbank = model.audio_encoder.front_end.constants(torch.device("cpu"))
+    assert window.dtype == filterbank.dtype == torch.float32
+    wave = torch.from_numpy(clip(2.0))[None]
     with torch.no_grad():
-        logits = model(**_batch(processor)).logits
-    assert torch.isfinite(logits.float()).all()
+        mel = model.audio_encoder.front_end(wave)
+        assert mel.dtype == torch.float32
+        assert torch.equal(mel, tiny_model.audio_encoder.front_end(wave))  # bit for bit the fp32 one
+        batch = _batch(processor)
+        logits, reference = model(**batch).logits, tiny_model(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits[:, -1].float() - reference[:, -1]).abs().max() <= 0.03 * reference[:, -1].abs().max()
 
 
 def test_save_in_bf16_records_dtype_and_auto_loads_it(tmp_path, tiny_model):
@@ -244,3 +255,49 @@ def test_real_size_presets_build(encoder, decoder, low, high):
     if decoder == "qwen2.5-omni-7b":
         assert type(model.decoder).__name__ == "Qwen2ForCausalLM"
         assert model.decoder.config.num_key_value_heads == 4
+
+
+def test_load_model_gives_a_matching_model_and_processor(tiny_model, tiny_checkpoint, processor):
+    from midashenglm.checkpoint import load_model
+
+    model, loaded_processor = load_model(tiny_checkpoint, device="cpu")
+    assert model.device.type == "cpu" and model.dtype == torch.float32 and not model.training
+    assert loaded_processor.audio_token_id == model.config.audio_token_id == processor.audio_token_id
+    batch = _batch(loaded_processor)
+    assert torch.equal(batch["input_ids"], _batch(processor)["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, tiny_model(**batch).logits)
+
+
+def test_resolve_dtype():
+    from midashenglm.checkpoint import resolve_dtype
+    from midashenglm.modeling.config import MiDashengLMConfig
+
+    assert resolve_dtype(torch.float16) is torch.float16
+    assert resolve_dtype("bfloat16") is torch.bfloat16
+    assert resolve_dtype("torch.float16") is torch.float16
+    assert resolve_dtype(None) is torch.float32
+    assert resolve_dtype("auto") is torch.float32  # no config: nothing stored
+    config = MiDashengLMConfig()
+    config.dtype = "bfloat16"
+    assert resolve_dtype("auto", config) is torch.bfloat16
+    assert resolve_dtype(None, config) is torch.float32  # None is float32, not the stored one
+    with pytest.raises(ValueError, match="unknown dtype 'float17'"):
+        resolve_dtype("float17")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("Tensor")  # a torch attribute, but not a dtype
+
+
+def test_the_layers_keep_the_public_names():
+    """Moved names are the same objects wherever they were imported from before."""
+    import midashenglm
+    from midashenglm import checkpoint, processing
+    from midashenglm.modeling import geometry, weights
+
+    for name in ("CheckpointError", "read_json_file", "resolve_checkpoint", "load_config",
+                 "weight_files", "iter_tensors", "load_state", "normalize_key", "resolve_dtype"):
+        assert getattr(checkpoint, name) is getattr(weights, name), name
+    assert not hasattr(checkpoint, "_resolve_dtype")
+    assert processing.num_audio_tokens is geometry.num_audio_tokens is midashenglm.num_audio_tokens
+    assert processing.MIN_AUDIO_SAMPLES == geometry.MIN_AUDIO_SAMPLES == 3200
+    assert processing.read_json_file is weights.read_json_file

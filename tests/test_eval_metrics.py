@@ -9,7 +9,7 @@ from midashenglm.evaluation.metrics import METRICS, get_metric
 from midashenglm.evaluation.metrics.captioning import java_available
 from midashenglm.evaluation.metrics.chinese_tn import ChineseTextNormalizer, number_to_chinese
 from midashenglm.evaluation.metrics.classification import gender_of, split_labels
-from midashenglm.evaluation.metrics.qa import is_correct, letter_of, string_match
+from midashenglm.evaluation.metrics.qa import letter_of, strict_match, string_match
 from midashenglm.evaluation.metrics.wer import row_language, tokenize
 from midashenglm.evaluation.scoring import language_for_dataset, metric_for_dataset, score_rows
 from tests.conftest import need
@@ -249,30 +249,30 @@ def test_letter_answers(text, letter):
     assert letter_of(text, 4) == letter
 
 
-def test_letters_and_option_text_both_ways():
+def test_strict_reading_maps_letters_and_option_text_both_ways():
     choices = ["Reggae", "Pop music", "Latin rock", "Ska"]
     # MuChoMusic: answer letter; output letter or option text
-    assert is_correct("A", "A", choices) and is_correct("A", "(A)", choices)
-    assert is_correct("A", "Reggae", choices)
-    assert not is_correct("A", "B", choices) and not is_correct("A", "Ska", choices)
+    assert strict_match("A", "A", choices) and strict_match("A", "(A)", choices)
+    assert strict_match("A", "Reggae", choices)
+    assert not strict_match("A", "B", choices) and not strict_match("A", "Ska", choices)
     # MMAU: answer option text; output letter or text
-    assert is_correct("Latin rock", "C", choices)
-    assert is_correct("Latin rock", "(C) Latin rock", choices)
-    assert is_correct("Latin rock", "The answer is latin rock", choices)
-    assert not is_correct("Latin rock", "D", choices)
+    assert strict_match("Latin rock", "C", choices)
+    assert strict_match("Latin rock", "(C) Latin rock", choices)
+    assert strict_match("Latin rock", "The answer is latin rock", choices)
+    assert not strict_match("Latin rock", "D", choices)
 
 
-def test_qa_accuracy_per_category():
+def test_qa_accuracy_per_task():
     choices = ["yes", "no"]
     rows = [
-        {"answer": "yes", "choices": choices, "model_output": "A", "task": "sound"},
-        {"answer": "no", "choices": choices, "model_output": "A", "task": "sound"},
-        {"answer": "no", "choices": choices, "model_output": "B", "task": "music"},
+        {"answer": "yes", "choices": choices, "model_output": "yes", "task": "sound"},
+        {"answer": "no", "choices": choices, "model_output": "yes", "task": "sound"},
+        {"answer": "no", "choices": choices, "model_output": "no", "task": "music"},
     ]
     out = get_metric("closed_qa")(rows)
-    assert out.details["per_category"] == {"music": 1.0, "sound": 0.5}
-    assert out.value == pytest.approx(0.75)  # mean of the categories
-    assert out.details["micro_accuracy"] == pytest.approx(2 / 3)
+    assert out.details["per_task"] == {"music": 1.0, "sound": 0.5}
+    assert out.value == pytest.approx(2 / 3)  # correct / all, as MMAU's evaluation.py
+    assert out.details["task_mean"] == pytest.approx(0.75)
 
 
 # ---------------------------------------------------------------- captioning (COCO)

@@ -31,7 +31,7 @@ def results(shared_dir, tmp_path) -> Path:
     for task, right in (("sound", 3), ("music", 2), ("speech", 1)):
         for i in range(4):
             mmau.append({"dataset_name": "MMAU", "audio": f"{task}{i}.wav", "question": "Q?",
-                         "choices": ["cat", "dog"], "answer": "dog", "task": task,
+                         "choices": ["cat", "dog"], "answer": "B", "task": task,
                          "prompt": "Q?\n(A) cat\n(B) dog\nAnswer with a single Letter: ",
                          "model_output": "B" if i < right else "A", "model_name": "mine"})
     (folder / "mine_MMAU.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mmau))
@@ -63,8 +63,12 @@ def test_report_sets_scores_beside_the_paper(results, tmp_path):
     assert rows["VoxCeleb-Gender"][5:7] == ["96.12", "96.12"]
     assert rows["MuChoMusic"][3] == "higher" and rows["MuChoMusic"][5] == "71.36"
 
-    # MMAU: the average of the per-task accuracies, and each task beside the paper's.
+    # MMAU: correct / all (MMAU's evaluation.py), each task beside the paper's, and our
+    # stricter reading beside the official value.
     assert rows["MMAU Average"][5] == "50.00" and rows["MMAU Average"][6] == "66.30"
+    assert "qa_accuracy_strict 50.00 (a deviation" in rows["MMAU Average"][10]
+    assert "mean of the task accuracies 50.00" in rows["MMAU Average"][10]
+    assert "qa_accuracy_strict" in rows["MuChoMusic"][10]
     assert rows["MMAU Sound"][5:7] == ["75.00", "68.47"]
     assert rows["MMAU Music"][5] == "50.00" and rows["MMAU Speech"][5] == "25.00"
     assert rows["MMAU Speech"][8:10] == ["59.76", "57.66"]

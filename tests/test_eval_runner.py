@@ -45,14 +45,17 @@ def test_resumable_run_writes_the_official_format(tiny_checkpoint, librispeech, 
     first = runner.run_benchmark(str(tiny_checkpoint), "librispeech-test-clean", librispeech,
                                  out=out, limit=2, batch_size=2, **FAST)
     assert (first.written, first.errors, first.skipped) == (2, 0, 0)
-    assert [r["id"] for r in rows(out)] == ["1089-134686-0000", "1089-134686-0001"]
+    assert sorted(r["id"] for r in rows(out)) == ["1089-134686-0000", "1089-134686-0001"]
 
     second = runner.run_benchmark(str(tiny_checkpoint), "librispeech-test-clean", librispeech,
                                   out=out, batch_size=2, **FAST)
     assert (second.written, second.errors, second.skipped) == (3, 1, 2)
     written = rows(out)
     ids = [r["id"] for r in written]
-    assert ids == [f"1089-134686-000{i}" for i in range(5)]  # all rows, none twice
+    # all rows, none twice (written in the order they finish: the engine's, not the data's)
+    assert sorted(ids) == [f"1089-134686-000{i}" for i in range(5)]
+    assert ids[:2] == ["1089-134686-0000", "1089-134686-0001"]  # the first run's, kept
+    assert sorted(r["_row"] for r in written) == list(range(5))  # the writer's resume key
 
     for row in written:
         assert all(key in row for key in CORE_FIELDS)
@@ -61,13 +64,14 @@ def test_resumable_run_writes_the_official_format(tiny_checkpoint, librispeech, 
         assert row["lang"] == "en" and row["text"].startswith("HELLO WORLD NUMBER")
         assert row["model_name"] == tiny_checkpoint.name
         assert row["audio"] == row["id"] + ".flac"
-    bad = written[3]
+    bad_line = ids.index("1089-134686-0003") + 1
+    bad = written[bad_line - 1]
     assert bad["model_output"] == "" and "1089-134686-0003.flac" in bad["error"]
-    assert all("error" not in r and isinstance(r["model_output"], str) for i, r in
-               enumerate(written) if i != 3)
+    assert all("error" not in r and isinstance(r["model_output"], str) for r in written
+               if r is not bad)
     # The scorer reads the file: four answers, the error row is accounted as a problem.
     parsed = read_results(out)
-    assert len(parsed.rows) == 4 and [p.line for p in parsed.problems] == [4]
+    assert len(parsed.rows) == 4 and [p.line for p in parsed.problems] == [bad_line]
 
     third = runner.run_benchmark(str(tiny_checkpoint), "librispeech-test-clean", librispeech,
                                  out=out, **FAST)
@@ -99,7 +103,7 @@ def test_a_crash_mid_line_is_repaired_on_resume(tiny_checkpoint, librispeech, tm
     summary = runner.run_benchmark("tiny", "librispeech-test-clean", librispeech, out=out,
                                    model_and_processor=loaded, **FAST)
     assert summary.skipped == 2
-    assert [r["id"] for r in rows(out)] == [f"1089-134686-000{i}" for i in range(5)]
+    assert sorted(r["id"] for r in rows(out)) == [f"1089-134686-000{i}" for i in range(5)]
 
 
 def test_refuses_to_mix_datasets_or_models(tiny_model, processor, librispeech, tmp_path):
@@ -116,23 +120,75 @@ def test_refuses_to_mix_datasets_or_models(tiny_model, processor, librispeech, t
 
 def test_model_failure_on_one_item_is_recorded(tiny_model, processor, librispeech, tmp_path,
                                                monkeypatch):
-    real = runner.generate_answers
+    """An item the engine fails on (an error Result) becomes an error row; the others are
+    answered; the engine is the caller's, created once and used for several runs."""
+    from midashenglm.inference.engine import Engine, Result
 
-    def flaky(model, proc, items, **kw):
-        if any(it["id"].endswith("0002") for it in items):
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real(model, proc, items, **kw)
+    class Flaky(Engine):
+        def iter_results(self, requests, **kw):
+            for index, result in super().iter_results(requests, **kw):
+                if result.request_id.endswith("0002"):
+                    result = Result(result.request_id, "", [], "error",
+                                    error="RuntimeError: CUDA out of memory (simulated)")
+                yield index, result
 
-    monkeypatch.setattr(runner, "generate_answers", flaky)
+    engine = Flaky(tiny_model, processor)
+    monkeypatch.setattr(runner, "make_engine", None)  # the runner never builds its own here
     out = tmp_path / "run.jsonl"
     summary = runner.run_benchmark("tiny", "librispeech-test-clean", librispeech, out=out,
-                                   batch_size=3, model_and_processor=(tiny_model, processor),
-                                   **FAST)
+                                   engine=engine, **FAST)
     written = {r["id"]: r for r in rows(out)}
-    assert len(written) == 5 and summary.errors == 2
+    assert len(written) == 5 and summary.errors == 2 and summary.answered == 3
     assert "out of memory" in written["1089-134686-0002"]["error"]
-    # Its batch mates were answered one by one.
     assert "error" not in written["1089-134686-0000"] and "error" not in written["1089-134686-0001"]
+    again = runner.run_benchmark("tiny", "librispeech-test-clean", librispeech,
+                                 out=tmp_path / "again.jsonl", engine=engine, limit=2, **FAST)
+    assert (again.written, again.errors) == (2, 0)
+
+
+def test_kill_9_then_rerun_gives_one_row_per_item(tiny_checkpoint, librispeech, tmp_path):
+    out = tmp_path / "killed.jsonl"
+    code = f"""
+import os, signal
+from midashenglm.inference import manifest
+from midashenglm.evaluation import runner
+real = manifest.ResultWriter.write
+def write(self, record):
+    real(self, record)
+    if len(self.done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+manifest.ResultWriter.write = write
+runner.run_benchmark({str(tiny_checkpoint)!r}, "librispeech-test-clean", {str(librispeech)!r},
+                     out={str(out)!r}, device="cpu", max_new_tokens=3, progress=False,
+                     score=False)
+"""
+    killed = subprocess.run([sys.executable, "-c", code], env=ENV, timeout=300,
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert len(rows(out)) == 2
+    summary = runner.run_benchmark(str(tiny_checkpoint), "librispeech-test-clean", librispeech,
+                                   out=out, device="cpu", **FAST)
+    assert (summary.skipped, summary.written) == (2, 3)
+    assert sorted(r["id"] for r in rows(out)) == [f"1089-134686-000{i}" for i in range(5)]
+
+
+def test_changed_data_or_old_files_are_refused(tiny_model, processor, librispeech, tmp_path):
+    out = tmp_path / "run.jsonl"
+    engine = runner.make_engine("tiny", model_and_processor=(tiny_model, processor))
+    runner.run_benchmark("tiny", "librispeech-test-clean", librispeech, out=out, limit=2,
+                         engine=engine, **FAST)
+    trans = next(librispeech.rglob("*.trans.txt"))  # a new first item shifts all the others
+    sf.write(trans.parent / "1089-134686-000a.flac", clip(0.3), 16000)
+    trans.write_text("1089-134686-000a NEW\n" + trans.read_text())
+    with pytest.raises(UserError, match="the data changed"):
+        runner.run_benchmark("tiny", "librispeech-test-clean", librispeech, out=out,
+                             engine=engine, **FAST)
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"dataset_name": "LibriSpeech_test-clean", "model_name": "tiny",
+                               "audio": "a.flac", "model_output": "x"}) + "\n")
+    with pytest.raises(UserError, match="no '_row'"):
+        runner.run_benchmark("tiny", "librispeech-test-clean", librispeech, out=old,
+                             engine=engine, **FAST)
 
 
 def test_closed_qa_manifest_and_pair_audio(tiny_model, processor, tmp_path):
@@ -149,10 +205,33 @@ def test_closed_qa_manifest_and_pair_audio(tiny_model, processor, tmp_path):
     assert (row["answer"], row["answer_letter"], row["answer_text"]) == ("B", "B", "Pop")
     assert row["choices"] == ["Reggae", "Pop"] and row["question"] == "Which genre?"
 
+    # MMAU stores the option text; the row holds the form the prompt asks for, because the
+    # official string match compares answer and output as they are.
+    mmau = tmp_path / "mmau.jsonl"
+    mmau.write_text(json.dumps({"audio": "a.wav", "question": "Which animal?",
+                                "choices": ["Cat", "Dog"], "answer": "Dog",
+                                "task": "sound"}) + "\n")
+    for style, answer in (("midashenglm", "B"), ("kimi-audio", "B"), ("qwen2.5-omni", "Dog")):
+        out = tmp_path / f"mmau_{style}.jsonl"
+        runner.run_benchmark("tiny", "mmau", mmau, out=out, prompt_style=style,
+                             model_and_processor=(tiny_model, processor), **FAST)
+        (row,) = rows(out)
+        assert (row["answer"], row["answer_letter"], row["answer_text"]) == (answer, "B", "Dog")
+
     pair = {"id": "p", "source": [tmp_path / "a.wav", tmp_path / "b.wav"]}
     joined = runner.load_item_audio(pair, 16000)
     assert len(joined) == 4800 + int(runner.PAIR_GAP_SECONDS * 16000) + 3200
     assert np.all(joined[4800:4800 + 8000] == 0)
+    # A pair is joined into one clip of the request; a single clip goes as its path.
+    request = runner.item_request(pair, runner.T.Prompt("Same?", "sys"), 4, 16000)
+    assert request.request_id == "p" and request.sampling.max_new_tokens == 4
+    system, user = request.conversation
+    assert system == {"role": "system", "content": "sys"}
+    assert np.array_equal(user["content"][0]["audio"], joined)
+    single = runner.item_request({"id": "s", "source": tmp_path / "a.wav"},
+                                 runner.T.Prompt("Q"), 4, 16000)
+    assert single.conversation == [{"role": "user", "content": [
+        {"type": "audio", "path": str(tmp_path / "a.wav")}, {"type": "text", "text": "Q"}]}]
 
 
 def test_benchmark_through_the_cli(tiny_checkpoint, librispeech, tmp_path):
@@ -177,3 +256,25 @@ def test_benchmark_through_the_cli(tiny_checkpoint, librispeech, tmp_path):
     assert wrong.returncode == 2
     assert "error:" in wrong.stderr and "unknown task" in " ".join(wrong.stderr.split())
     assert "Traceback" not in wrong.stderr
+
+
+def test_pairs_with_a_corrupt_clip_become_error_rows(tiny_model, processor, tmp_path):
+    """VoxCeleb1 trials join two clips in the runner; a clip that fails there is an error row."""
+    folder = tmp_path / "wav" / "id10270" / "x6uYqmx31kE"
+    folder.mkdir(parents=True)
+    sf.write(folder / "00001.wav", clip(0.3), 16000)
+    (folder / "00002.wav").write_bytes(b"RIFF but not a wave file")
+    (tmp_path / "veri_test2.txt").write_text(
+        "1 id10270/x6uYqmx31kE/00001.wav id10270/x6uYqmx31kE/00001.wav\n"
+        "0 id10270/x6uYqmx31kE/00001.wav id10270/x6uYqmx31kE/00002.wav\n")
+    out = tmp_path / "pairs.jsonl"
+    summary = runner.run_benchmark("tiny", "voxceleb1", tmp_path, out=out,
+                                   model_and_processor=(tiny_model, processor), **FAST)
+    assert (summary.written, summary.errors, summary.answered) == (2, 1, 1)
+    by_label = {r["label"][0]: r for r in rows(out)}
+    assert "error" not in by_label["Same"]
+    assert by_label["Different"]["error"].startswith("audio: ") and "00002.wav" in \
+        by_label["Different"]["error"]
+    again = runner.run_benchmark("tiny", "voxceleb1", tmp_path, out=out, retry_errors=True,
+                                 model_and_processor=(tiny_model, processor), **FAST)
+    assert (again.skipped, again.written, again.errors) == (1, 1, 1) and len(rows(out)) == 2

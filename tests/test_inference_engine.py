@@ -19,7 +19,8 @@ CAPTION = "Write an audio caption describing the sound"
 
 
 def conversation(audio, question=CAPTION, system=None):
-    part = {"type": "audio", "path": str(audio)} if isinstance(audio, str) else {"type": "audio", "audio": audio}
+    part = {"type": "audio", "path": str(audio)} if isinstance(audio, str) else {"type": "audio", "audio": audio,
+                                                                              "sampling_rate": 16000}
     messages = [{"role": "system", "content": system}] if system else []
     return [*messages, {"role": "user", "content": [part, {"type": "text", "text": question}]}]
 
@@ -36,13 +37,13 @@ def alone(model, processor, conv, max_new_tokens):
 def record_passes(engine):
     """The rows of each segment of every decoder pass the engine makes, as (rows, new tokens)."""
     passes: list[list[tuple[int, int]]] = []
-    forward = engine._forward
+    forward = engine.model_runner.forward
 
     def recording(segments):
         passes.append([(s.rows, s.new) for s in segments])
         return forward(segments)
 
-    engine._forward = recording
+    engine.model_runner.forward = recording
     return passes
 
 
@@ -68,7 +69,7 @@ def test_batched_equals_alone_with_sharing_and_cache(tiny_model, processor, coun
     convs += [conversation(waves[2], q, system="Be brief.") for q in ("Where?", "Who?", "Why?")]
     requests = [Request(c, SamplingParams(max_new_tokens=12)) for c in convs]
 
-    engine = Engine(tiny_model, processor, max_batch_size=16)
+    engine = Engine(tiny_model, processor, max_num_seqs=16)
     results = engine.generate(requests)
     expected = [alone(tiny_model, processor, c, 12) for c in convs]
     assert [r.token_ids for r in results] == expected
@@ -82,7 +83,7 @@ def test_batched_equals_alone_with_sharing_and_cache(tiny_model, processor, coun
     assert 1 < engine_calls < len(SECONDS)
 
     # Unbatched through the engine, with the cache warm, gives the same again.
-    single = Engine(tiny_model, processor, max_batch_size=1, share_prefix=False)
+    single = Engine(tiny_model, processor, max_num_seqs=1, enable_prefix_sharing=False)
     assert [r.token_ids for r in single.generate(requests)] == expected
 
 
@@ -95,19 +96,25 @@ def test_prefill_pads_little_on_mixed_lengths(tiny_model, processor):
     prompts = [r.prompt_tokens for r in results]
     # One padded prefill would compute 7 x 196 tokens; groups of similar length pad <= 25 %.
     assert engine.stats["prefill_tokens"] <= 1.25 * sum(prompts) < 0.5 * len(prompts) * max(prompts)
-    one_by_one = Engine(tiny_model, processor, max_batch_size=1).generate(requests)
+    one_by_one = Engine(tiny_model, processor, max_num_seqs=1).generate(requests)
     assert [r.token_ids for r in results] == [r.token_ids for r in one_by_one]
 
 
 def test_bfloat16_model(tiny_model, processor):
+    """bf16 rows in one batch give the tokens each gives alone (greedy: plain bf16
+    model.generate; seeded sampling: the same request alone)."""
     model = copy.deepcopy(tiny_model).to(torch.bfloat16)
-    greedy, sampled = Engine(model, processor).generate([
-        Request(conversation(clip(3.0)), SamplingParams(max_new_tokens=5, ignore_eos=True)),
-        Request(conversation(clip(0.4)), SamplingParams(max_new_tokens=5, temperature=0.8, seed=1,
-                                                        ignore_eos=True)),
-    ])
-    assert greedy.error is None and sampled.error is None
-    assert greedy.completion_tokens == sampled.completion_tokens == 5
+    convs = [conversation(clip(3.0)), conversation(clip(0.4, seed=3)), conversation(clip(7.0, seed=4))]
+    sampled = Request(convs[1], SamplingParams(max_new_tokens=5, temperature=0.8, seed=1, ignore_eos=True))
+    requests = [Request(convs[0], SamplingParams(max_new_tokens=5, ignore_eos=True)), sampled,
+                Request(convs[2], SamplingParams(max_new_tokens=5, ignore_eos=True))]
+    engine = Engine(model, processor)
+    batched = engine.generate(requests)
+    assert [r.error for r in batched] == [None] * 3
+    assert batched[0].token_ids == alone(model, processor, convs[0], 5)
+    assert batched[2].token_ids == alone(model, processor, convs[2], 5)
+    assert batched[1].token_ids == Engine(model, processor).generate([sampled])[0].token_ids
+    assert len(set(map(tuple, (r.token_ids for r in batched)))) == 3  # three different answers
 
 
 def test_results_report_costs_and_long_audio(tiny_model, processor):
@@ -182,7 +189,7 @@ def test_five_questions_encode_the_clip_once(tiny_model, processor, count_encode
 
 
 def test_encoder_cache_is_bounded_lru(tiny_model, processor, count_encoder):
-    engine = Engine(tiny_model, processor, encoder_cache_items=2, max_batch_size=1)
+    engine = Engine(tiny_model, processor, encoder_cache_items=2, max_num_seqs=1)
     waves = [clip(1.0, seed=s) for s in range(3)]
     for w in waves:
         engine.generate([Request(conversation(w), SamplingParams(max_new_tokens=1))])
@@ -201,7 +208,7 @@ def test_prompt_heads_come_from_the_prefix_cache(tiny_model, processor):
              for i, q in enumerate(["What is it?", "Where?", "Who speaks?", "Any music?", "Why?", "How loud?"])]
     requests = [Request(c, SamplingParams(max_new_tokens=6)) for c in convs]
     expected = [alone(tiny_model, processor, c, 6) for c in convs]
-    engine = Engine(tiny_model, processor, max_batch_size=2)
+    engine = Engine(tiny_model, processor, max_num_seqs=2)
     first = engine.generate(requests[:3])
     # One head computed per system prompt (and one for none: the user header alone).
     assert len(engine.prefix_cache) == 3 and engine.prefix_cache.misses == 3
@@ -211,11 +218,11 @@ def test_prompt_heads_come_from_the_prefix_cache(tiny_model, processor):
     assert engine.stats["prefix_cache_hits"] == 3
     assert [r.token_ids for r in first + second] == expected
     # Disabled, every batch computes its heads again; results do not change.
-    off = Engine(tiny_model, processor, prefix_cache_items=0, max_batch_size=2)
+    off = Engine(tiny_model, processor, prefix_cache_items=0, max_num_seqs=2)
     assert [r.token_ids for r in off.generate(requests)] == expected
     assert len(off.prefix_cache) == 0 and off.stats["prefix_cache_hits"] == 0
     # Bounded: least recently used heads leave first.
-    small = Engine(tiny_model, processor, prefix_cache_items=2, max_batch_size=1)
+    small = Engine(tiny_model, processor, prefix_cache_items=2, max_num_seqs=1)
     small.generate(requests[:3])
     assert len(small.prefix_cache) == 2
     with pytest.raises(ValueError, match="prefix_cache_items"):
@@ -228,8 +235,8 @@ def test_budgets_split_batches_without_changing_results(tiny_model, processor):
     slots = processor.apply_chat_template(requests[0].conversation, tokenize=True)["input_ids"].shape[1] + 6
     wide = Engine(tiny_model, processor)
     narrow = Engine(tiny_model, processor, max_batch_audio_seconds=7.0)
-    pairs = Engine(tiny_model, processor, max_batch_tokens=2 * slots)  # KV slots of two rows
-    singles = Engine(tiny_model, processor, max_batch_tokens=2 * slots - 1)
+    pairs = Engine(tiny_model, processor, max_kv_cache_tokens=2 * slots)  # KV slots of two rows
+    singles = Engine(tiny_model, processor, max_kv_cache_tokens=2 * slots - 1)
     expected = [r.token_ids for r in wide.generate(requests)]
     for engine, batches in ((wide, 1), (narrow, 2), (pairs, 2), (singles, 4)):
         assert [r.token_ids for r in engine.generate(requests)] == expected
@@ -258,12 +265,12 @@ def test_waiting_requests_join_the_running_batch(tiny_model, processor):
     requests = [Request(c, SamplingParams(max_new_tokens=n)) for c, n in zip(convs, answers, strict=True)]
     seeded = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5, ignore_eos=True)
     requests.append(Request(conversation(clip(9.0, seed=11)), seeded))
-    engine = Engine(tiny_model, processor, max_batch_size=3)
+    engine = Engine(tiny_model, processor, max_num_seqs=3)
     passes = record_passes(engine)
     results = engine.generate(requests)
     expected = [alone(tiny_model, processor, c, n) for c, n in zip(convs, answers, strict=True)]
     assert [r.token_ids for r in results[:-1]] == expected
-    single = Engine(tiny_model, processor, max_batch_size=1).generate(requests[-1:])[0]
+    single = Engine(tiny_model, processor, max_num_seqs=1).generate(requests[-1:])[0]
     assert results[-1].token_ids == single.token_ids and len(single.token_ids) == 12
     assert all(r.finish_reason in ("stop", "length") for r in results)
     # Requests joined a batch that was decoding, which never held more than three rows.
@@ -286,7 +293,7 @@ def test_submitted_requests_join_a_running_request(tiny_model, processor):
     short = [Request(conversation(clip(1.0 + i, seed=2 + i)), SamplingParams(max_new_tokens=4),
                      request_id=str(i)) for i in range(3)]
     pieces: dict[str, list[str]] = {r.request_id: [] for r in short}
-    with Engine(tiny_model, processor, max_batch_size=2) as engine:
+    with Engine(tiny_model, processor, max_num_seqs=2) as engine:
         first = engine.submit(long)
         later = [engine.submit(r, on_text=pieces[r.request_id].append) for r in short]
         results = [f.result(timeout=60) for f in later]
@@ -300,14 +307,14 @@ def test_submitted_requests_join_a_running_request(tiny_model, processor):
 def _fail_on_batched_steps(engine):
     """Every decoder pass fails that holds a decode step of more than one row (as out of
     memory would)."""
-    forward = engine._forward
+    forward = engine.model_runner.forward
 
     def failing(segments):
         if any(s.new == 1 and s.rows > 1 for s in segments):
             raise RuntimeError("out of memory (simulated)")
         return forward(segments)
 
-    engine._forward = failing
+    engine.model_runner.forward = failing
 
 
 def test_a_failing_batch_runs_its_requests_alone(tiny_model, processor):
@@ -319,7 +326,7 @@ def test_a_failing_batch_runs_its_requests_alone(tiny_model, processor):
     assert [r.error for r in results] == [None] * 3
     assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)
                                               for c, n in zip(convs, (5, 2, 7), strict=True)]
-    assert engine.stats["batch_fallbacks"] == 1 and engine.stats["joined_running_batch"] == 0
+    assert engine.stats["preempted_batches"] == 1 and engine.stats["joined_running_batch"] == 0
 
 
 def test_eos_stops_a_row_unless_ignored(tiny_model, processor):
@@ -392,7 +399,7 @@ def test_degenerate_sampling_is_greedy(tiny_model, processor, params):
 
 
 def test_submit_from_many_threads(tiny_model, processor):
-    engine = Engine(tiny_model, processor, max_batch_size=4)
+    engine = Engine(tiny_model, processor, max_num_seqs=4)
     requests = [Request(conversation(clip(0.5 + i, seed=i)), SamplingParams(max_new_tokens=6),
                         request_id=str(i)) for i in range(6)]
     expected = [r.token_ids for r in Engine(tiny_model, processor).generate(requests)]
@@ -450,8 +457,8 @@ def test_sampling_params_are_validated(kwargs, message):
 
 
 def test_engine_from_pretrained(tiny_checkpoint, tiny_model, processor):
-    engine = Engine.from_pretrained(tiny_checkpoint, device="cpu", max_batch_size=3)
-    assert engine.max_batch_size == 3
+    engine = Engine.from_pretrained(tiny_checkpoint, device="cpu", max_num_seqs=3)
+    assert engine.config.max_num_seqs == 3
     conv = conversation(clip(2.0))
     result = engine.generate([Request(conv, SamplingParams(max_new_tokens=5))])[0]
     assert result.token_ids == alone(tiny_model, processor, conv, 5)

@@ -7,7 +7,7 @@ import torch
 
 from midashenglm.inference import Engine, Request, SamplingParams
 from midashenglm.inference.kv_cache import make_kv_cache
-from midashenglm.inference.runner import Segment, SegmentRunner, forward_segments
+from midashenglm.inference.segment_runner import Segment, SegmentRunner, forward_segments
 from tests.conftest import clip, make_model
 from tests.test_inference_engine import alone, conversation, record_passes
 from tests.test_model import QWEN3_TINY
@@ -104,15 +104,15 @@ def test_engine_on_each_family_equals_alone(family_model, processor):
     answers = [12, 2, 3, 9, 1, 6]
     convs = [conversation(clip(0.4 + 0.9 * i, seed=i)) for i in range(len(answers))]
     requests = [Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True)) for c, n in zip(convs, answers, strict=True)]
-    engine = Engine(family_model, processor, max_batch_size=2)
+    engine = Engine(family_model, processor, max_num_seqs=2)
     passes = record_passes(engine)
     results = engine.generate(requests)
     assert [r.token_ids for r in results] == [alone(family_model, processor, c, n)[:n] for c, n in
                                               zip(convs, answers, strict=True)]
     assert engine.stats["steps_in_prefill"] >= 3 and any(len(p) == 2 for p in passes)
     # The same with decode steps multiplied weight first (what a CPU that favours it runs).
-    other = Engine(family_model, processor, max_batch_size=2)
-    other._runner.weight_first = not engine._runner.weight_first
+    other = Engine(family_model, processor, max_num_seqs=2)
+    other.model_runner.segment_runner.weight_first = not engine.model_runner.segment_runner.weight_first
     assert [r.token_ids for r in other.generate(requests)] == [r.token_ids for r in results]
 
 
@@ -122,7 +122,7 @@ def test_decoders_outside_the_family_run_their_own_forward(processor):
                                    "layer_types": ["sliding_attention"] * 2})
     assert not SegmentRunner.supports(model.decoder)
     engine = Engine(model, processor)
-    assert engine._runner is None
+    assert engine.model_runner.segment_runner is None
     conv = conversation(clip(1.5))
     (result,) = engine.generate([Request(conv, SamplingParams(max_new_tokens=4, ignore_eos=True))])
     assert result.token_ids == alone(model, processor, conv, 4)[:4]
@@ -137,7 +137,7 @@ def test_newcomers_sharing_a_clip_join_with_the_running_step(tiny_model, process
     answers = [15, 2, 2, 6, 5]
     requests = [Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True)) for c, n in
                 zip(convs, answers, strict=True)]
-    engine = Engine(tiny_model, processor, max_batch_size=3)
+    engine = Engine(tiny_model, processor, max_num_seqs=3)
     passes = record_passes(engine)
     results = engine.generate(requests)
     assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)[:n] for c, n in
@@ -156,8 +156,8 @@ def test_a_failing_join_pass_loses_no_request(tiny_model, processor, after_writi
     convs = [conversation(clip(3.0 - 0.5 * i, seed=i)) for i in range(len(answers))]
     requests = [Request(c, SamplingParams(max_new_tokens=n, ignore_eos=True)) for c, n in
                 zip(convs, answers, strict=True)]
-    engine = Engine(tiny_model, processor, max_batch_size=2)
-    forward, failed = engine._forward, []
+    engine = Engine(tiny_model, processor, max_num_seqs=2)
+    forward, failed = engine.model_runner.forward, []
 
     def failing(segments):
         if len(segments) == 2 and not failed:
@@ -167,9 +167,9 @@ def test_a_failing_join_pass_loses_no_request(tiny_model, processor, after_writi
             raise RuntimeError("out of memory (simulated)")
         return forward(segments)
 
-    engine._forward = failing
+    engine.model_runner.forward = failing
     results = engine.generate(requests)
     assert failed and all(r.error is None for r in results)
     assert [r.token_ids for r in results] == [alone(tiny_model, processor, c, n)[:n] for c, n in
                                               zip(convs, answers, strict=True)]
-    assert engine.stats["batch_fallbacks"] == 1
+    assert engine.stats["preempted_batches"] == 1

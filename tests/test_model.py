@@ -23,6 +23,39 @@ def _ask(seconds, question="Write an audio caption describing the sound", seed=0
     ]
 
 
+@torch.no_grad()
+def greedy_by_hand(model, batch, max_new_tokens, eos_token_id=None):
+    """Greedy decoding of a one-row batch the slow way: a full forward pass (no KV cache)
+    per step, argmax of the last logits, stop after ``eos_token_id``. What ``generate``
+    must reproduce."""
+    assert batch["input_ids"].shape[0] == 1
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    audio = {k: batch[k] for k in ("input_values", "audio_length") if k in batch}
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, **audio).logits
+        token = int(logits[0, -1].float().argmax())
+        new.append(token)
+        if token == eos_token_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return new
+
+
+def check_greedy_generate(model, batch, max_new_tokens):
+    """``generate`` gives the step-by-step greedy tokens, and stops at EOS at the known step."""
+    expected = greedy_by_hand(model, batch, max_new_tokens)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1)
+    assert out[0].tolist() == expected
+    # Make the second greedy token the end of sequence: generation must stop right there.
+    eos = expected[1]
+    stop = expected.index(eos) + 1
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
+    assert out[0].tolist() == expected[:stop] == greedy_by_hand(model, batch, max_new_tokens, eos)
+    return expected
+
+
 def test_audio_file_to_generate(tiny_model, processor, speech_wav):
     conversation = [{"role": "user", "content": [
         {"type": "audio", "path": str(speech_wav)},
@@ -31,9 +64,8 @@ def test_audio_file_to_generate(tiny_model, processor, speech_wav):
     batch = processor.apply_chat_template(conversation, tokenize=True)
     wave = load_audio(speech_wav)
     assert batch["audio_length"].tolist() == [len(wave)]
-    out = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)
-    assert out.shape == (1, 6)  # only the new tokens come back
-    assert isinstance(processor.batch_decode(out)[0], str)
+    assert torch.equal(batch["input_values"][0, : len(wave)], torch.from_numpy(wave))
+    check_greedy_generate(tiny_model, batch, 6)  # only the new tokens come back
 
 
 @torch.no_grad()
@@ -70,7 +102,10 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny_model, processor):
     batch = processor(conversations=[_ask(2.0)])
     extra = batch["input_ids"].clone()
     extra[0, 0] = processor.audio_token_id
-    with pytest.raises(ValueError, match="placeholder token\\(s\\) but the 1 clip\\(s\\) give"):
+    slots = int((batch["input_ids"] == processor.audio_token_id).sum())
+    assert slots == 10  # 2 s of audio
+    with pytest.raises(ValueError, match=f"holds {slots + 1} audio placeholder token\\(s\\) but the "
+                                         f"(1 )?clip\\(s\\) give {slots} audio embeddings"):
         tiny_model(input_ids=extra, input_values=batch["input_values"], audio_length=batch["audio_length"])
     with pytest.raises(ValueError, match="no audio was given"):
         tiny_model(input_ids=batch["input_ids"])
@@ -79,8 +114,7 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny_model, processor):
 def test_text_only_prompt(tiny_model, processor):
     batch = processor(conversations=[[{"role": "user", "content": "hello"}]])
     assert "input_values" not in batch
-    out = tiny_model.generate(**batch, max_new_tokens=3, do_sample=False)
-    assert out.shape[0] == 1 and 0 < out.shape[1] <= 3
+    check_greedy_generate(tiny_model, batch, 4)
 
 
 def test_labels_give_a_loss_and_gradients(processor):
@@ -89,7 +123,13 @@ def test_labels_give_a_loss_and_gradients(processor):
     batch = processor(conversations=[conversation, _ask(0.5) + [{"role": "assistant", "content": "Hiss."}]],
                       labels=True, add_generation_prompt=False, padding_side="right")
     out = model(**batch)
-    assert out.loss is not None and torch.isfinite(out.loss)
+    # The loss is next-token cross entropy over the answer tokens only (labels != -100).
+    labels = batch["labels"]
+    assert (labels != -100).sum() > 0 and (labels == -100).sum() > 0
+    manual = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    )
+    assert torch.allclose(out.loss, manual, rtol=1e-5, atol=1e-6)
     out.loss.backward()
     for name in ("audio_encoder.blocks.0.attn.qkv.weight", "audio_projector.net.0.weight",
                  "decoder.model.layers.0.self_attn.q_proj.weight"):
@@ -98,14 +138,28 @@ def test_labels_give_a_loss_and_gradients(processor):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_runs_with_fp32_frontend(processor, dtype):
+def test_half_precision_batched_generation_equals_each_row_alone(processor, tiny_model, dtype):
+    """In bf16/fp16 (front end still fp32) a padded batch decodes, row for row, the same
+    tokens as each conversation run alone, and the logits stay close to fp32's."""
     model = make_model(processor).to(dtype)
-    batch = processor(conversations=[_ask(1.5), _ask(3.0, seed=1)])
+    conversations = [_ask(1.5), _ask(3.0, seed=1), _ask(0.2, seed=2), _ask(10.5, seed=3)]
+    batch = processor(conversations=conversations)
+    steps = 12
     with torch.no_grad():
         logits = model(**batch).logits
-        out = model.generate(**batch, max_new_tokens=2, do_sample=False)
-    assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
-    assert out.shape[0] == 2
+        reference = tiny_model(**batch).logits  # the same weights in fp32
+        tokens = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+        alone = [
+            model.generate(**processor(conversations=[c]), max_new_tokens=steps, min_new_tokens=steps,
+                           do_sample=False)[0].tolist()
+            for c in conversations
+        ]
+    assert logits.dtype == dtype
+    last, ref_last = logits[:, -1].float(), reference[:, -1]
+    assert (last - ref_last).abs().max().item() <= 0.03 * ref_last.abs().max().item()
+    assert tokens.shape == (len(conversations), steps)
+    assert tokens.tolist() == alone
+    assert len({tuple(row) for row in alone}) > 1  # the rows really decode different things
 
 
 QWEN3_TINY = {
@@ -128,8 +182,7 @@ def test_other_decoders(processor, tmp_path, text_config, decoder_class):
     model = make_model(processor, text_config)
     assert type(model.decoder).__name__ == decoder_class
     batch = processor(conversations=[_ask(2.0)])
-    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
-    assert out.shape[1] <= 3
+    check_greedy_generate(model, batch, 4)
     model.save_pretrained(tmp_path)
     again = MiDashengLM.from_pretrained(tmp_path)
     assert again.config.text_config.model_type == text_config["model_type"]
@@ -182,8 +235,7 @@ def test_real_pretrained_decoder_smollm2(tmp_path):
 
     # With audio (an untrained encoder): the path runs and returns only new text.
     batch = processor(conversations=[_ask(2.0, "Describe the sound.")])
-    out = model.generate(**batch, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] <= 5
+    check_greedy_generate(model, batch, 5)
 
     model.save_pretrained(tmp_path, max_shard_size="100MB")
     processor.save_pretrained(tmp_path)

@@ -1,7 +1,9 @@
 """The OpenAI-compatible server, over real HTTP on 127.0.0.1, with the tiny checkpoint.
 
 Two apps share one engine: ``server`` with roomy limits and an audio_url allow-list, and
-``strict`` (max_queue 1, 0.5 s timeout, audio_url off as by default) for 429 and 504.
+``strict`` (max_queue 1, 0.5 s timeout, audio_url off as by default) for 429 and 504. Both
+see the engine through an :class:`EngineProbe`, which lets a test hold a request at its
+first token (synchronising on events, never on sleeps).
 """
 
 from __future__ import annotations
@@ -20,11 +22,23 @@ import numpy as np
 import openai
 import pytest
 
+from midashenglm.conversation import build_conversation
+from midashenglm.errors import UserError
 from midashenglm.inference import Engine, Request, SamplingParams
 from midashenglm.serve.app import ServeConfig, create_app
 from midashenglm.serve.audio_input import allowed_dirs
 from tests.conftest import clip
-from tests.serve_helpers import ServerThread, audio_part, b64, chat_body, free_port, wav_bytes
+from tests.serve_helpers import (
+    EngineProbe,
+    ServerThread,
+    audio_part,
+    b64,
+    chat_body,
+    free_port,
+    sse_payloads,
+    wait_until,
+    wav_bytes,
+)
 
 MAX_BODY = 2 * 2**20
 
@@ -50,7 +64,9 @@ def server(engine, folders):
     config = ServeConfig(served_model_name="tiny", max_audio_seconds=20, max_tokens_limit=3000,
                          max_body_bytes=MAX_BODY, max_queue=64, request_timeout=120,
                          allowed_audio_dirs=allowed_dirs([str(folders[0])]))
-    with ServerThread(create_app(engine, config)) as srv:
+    probe = EngineProbe(engine)
+    with ServerThread(create_app(probe, config)) as srv:
+        srv.probe = probe
         yield srv
 
 
@@ -58,7 +74,9 @@ def server(engine, folders):
 def strict(engine):
     config = ServeConfig(served_model_name="tiny", max_queue=1, request_timeout=0.5,
                          max_tokens_limit=3000)
-    with ServerThread(create_app(engine, config)) as srv:
+    probe = EngineProbe(engine)
+    with ServerThread(create_app(probe, config)) as srv:
+        srv.probe = probe
         yield srv
 
 
@@ -84,8 +102,7 @@ def assert_error(response: httpx.Response, status: int, code: str, *in_message: 
 
 def alone(engine, wave: np.ndarray, question: str, max_new: int) -> str:
     """What the engine itself answers (greedy): the server must give the same text."""
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio": wave},
-                                                 {"type": "text", "text": question}]}]
+    conversation = build_conversation(wave, question, sampling_rate=16000)
     return engine.generate([Request(conversation, SamplingParams(max_new_tokens=max_new))])[0].text
 
 
@@ -128,13 +145,12 @@ def test_openai_client_answers_like_the_engine(server, engine):
     assert 0 < usage.completion_tokens <= 24
     assert usage.prompt_tokens > 10  # 2 s of audio alone are 10 tokens
 
-    pieces, finish, usage_chunks = [], None, []
+    pieces, finish = [], None
     stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=24,
                                             stream=True, stream_options={"include_usage": True})
-    for chunk in stream:
+    chunks = list(stream)
+    for chunk in chunks:
         assert chunk.model == "tiny" and chunk.object == "chat.completion.chunk"
-        if chunk.usage is not None:
-            usage_chunks.append(chunk.usage)
         for choice in chunk.choices:
             if choice.delta.content:
                 pieces.append(choice.delta.content)
@@ -142,7 +158,11 @@ def test_openai_client_answers_like_the_engine(server, engine):
     assert "".join(pieces) == text
     assert len(pieces) > 1, "the answer came in one piece: not streamed"
     assert finish == reply.choices[0].finish_reason
-    assert [u.completion_tokens for u in usage_chunks] == [usage.completion_tokens]
+    # As OpenAI: every chunk but the last has usage None; the last has no choices, the usage.
+    assert all(chunk.usage is None and chunk.choices for chunk in chunks[:-1])
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == usage.prompt_tokens
 
 
 def test_stream_is_server_sent_events_ending_with_done(http):
@@ -157,6 +177,28 @@ def test_stream_is_server_sent_events_ending_with_done(http):
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     last = json.loads(lines[-2][6:])
     assert last["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_usage_chunks(http, include_usage):
+    body = chat_body(audio_part(wav_bytes(clip(0.7))), max_tokens=8, stream=True,
+                     stream_options={"include_usage": include_usage})
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        events = sse_payloads(list(response.iter_lines()))
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    if not include_usage:  # no usage field anywhere
+        assert all("usage" not in chunk for chunk in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        return
+    *answer, last = chunks
+    assert all(chunk["usage"] is None and len(chunk["choices"]) == 1 for chunk in answer)
+    assert answer[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert last["choices"] == []
+    usage = last["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 1 <= usage["completion_tokens"] <= 8 and usage["audio_tokens"] == 3
 
 
 def test_sampling_parameters_reach_the_engine(http):
@@ -182,6 +224,9 @@ def test_concurrent_requests_are_batched(server, engine):
     waves = [wav_bytes(clip(0.5 + i * 0.4, seed=i)) for i in range(8)]
     expected = [alone(engine, decoded(w), "What do you hear?", 16) for w in waves]
     batches_before = engine.stats["batches"]
+    release = threading.Event()
+    probe = server.probe.reset()
+    probe.gate = release  # every first token waits until the eight below are all submitted
 
     async def run() -> list:
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused",
@@ -190,17 +235,25 @@ def test_concurrent_requests_are_batched(server, engine):
         blocker = asyncio.create_task(client.chat.completions.create(
             model="tiny", messages=chat_body(audio_part(waves[0]))["messages"],
             max_tokens=600, extra_body={"ignore_eos": True}))
-        await asyncio.sleep(0.2)
-        replies = await asyncio.gather(*(
+        await asyncio.to_thread(wait_until, lambda: probe.started == [0], 60, "the blocker")
+        replies = asyncio.gather(*(
             client.chat.completions.create(model="tiny", max_tokens=16,
                                            messages=chat_body(audio_part(w))["messages"])
             for w in waves))
+        await asyncio.to_thread(wait_until, lambda: len(probe.submitted) == 9, 60, "the submits")
+        release.set()
+        replies = await replies
         await blocker
         return replies
 
-    replies = asyncio.run(run())
+    try:
+        replies = asyncio.run(run())
+    finally:
+        release.set()
+        probe.reset()
     assert [r.choices[0].message.content for r in replies] == expected
-    assert engine.stats["batches"] - batches_before <= 3  # 9 requests, not 9 batches
+    # One batch: the blocker's; the eight waited together and joined it as one group.
+    assert engine.stats["batches"] - batches_before == 1
 
 
 # ----------------------------------------------------------------------------- errors
@@ -322,9 +375,12 @@ def test_audio_url_is_off_by_default(strict, folders):
 
 
 # ----------------------------------------------------------------- queue and timeout
-def test_queue_full_is_429_and_timeout_is_504(strict, http, engine):
+def test_queue_full_is_429_and_timeout_is_504(strict, http):
     slow = chat_body(audio_part(wav_bytes(clip(1.0))), max_tokens=1200, ignore_eos=True)
     outcome: dict = {}
+    # The slow request is held at its first token until the server aborts it: it cannot
+    # finish before its 0.5 s timeout, however fast the machine.
+    probe = strict.probe.reset(hold_until_abort=True)
 
     def run_slow() -> None:
         with httpx.Client(base_url=strict.url, timeout=60) as client:
@@ -333,47 +389,33 @@ def test_queue_full_is_429_and_timeout_is_504(strict, http, engine):
     with httpx.Client(base_url=strict.url, timeout=30) as client:
         worker = threading.Thread(target=run_slow)
         worker.start()
-        wait_for(lambda: client.get("/health").json()["in_flight"] == 1)
+        wait_until(lambda: client.get("/health").json()["in_flight"] == 1)
         assert_error(post(client, chat_body(audio_part(wav_bytes(clip(0.5))))), 429,
                      "queue_full", "--max-queue")
         worker.join()
         err = assert_error(outcome["response"], 504, "request_timeout", "0.5 s")
         assert err["type"] == "timeout_error"
-        # The slot stays taken until the engine has really finished the abandoned work...
-        wait_for(lambda: client.get("/health").json()["in_flight"] == 0, seconds=60)
-    # ...and that work poisoned nothing: the next request is answered normally.
+        # The timed-out request was aborted in the engine, inside its batch...
+        (future,) = probe.futures()
+        assert future.result(timeout=60).finish_reason == "abort"
+        # ...and its slot is free once the engine let it go.
+        wait_until(lambda: client.get("/health").json()["in_flight"] == 0)
+    probe.reset()
+    # That work poisoned nothing: the next request is answered normally.
     reply = post(http, chat_body(audio_part(wav_bytes(clip(1.0))), max_tokens=8))
     assert reply.status_code == 200
     assert reply.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_streaming_timeout_ends_the_stream_with_an_error(strict):
-    slow = chat_body(audio_part(wav_bytes(clip(1.0))), max_tokens=1200, ignore_eos=True,
-                     stream=True)
-    with httpx.Client(base_url=strict.url, timeout=60) as client:
-        wait_for(lambda: client.get("/health").json()["in_flight"] == 0, seconds=60)
-        with client.stream("POST", "/v1/chat/completions", json=slow) as response:
-            assert response.status_code == 200
-            lines = [line for line in response.iter_lines() if line]
-        assert lines[-1] == "data: [DONE]"
-        assert json.loads(lines[-2][6:])["error"]["code"] == "request_timeout"
-        wait_for(lambda: client.get("/health").json()["in_flight"] == 0, seconds=60)
-
-
-def wait_for(condition, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 # ----------------------------------------------------------------------- command line
 def test_serve_command_starts_a_server(tiny_checkpoint):
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # The key comes from the environment; the engine budgets use the new and an old name.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIDASHENGLM_API_KEY": "cli-secret"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "midashenglm.cli", "serve", "--model", str(tiny_checkpoint),
-         "--port", str(port), "--device", "cpu", "--log-level", "warning"],
+         "--port", str(port), "--device", "cpu", "--log-level", "warning",
+         "--max-num-seqs", "4", "--max-batch-tokens", "8192"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -387,7 +429,10 @@ def test_serve_command_starts_a_server(tiny_checkpoint):
                 pass
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
-        assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == tiny_checkpoint.name
+        assert httpx.get(f"{url}/health").json()["api_key_required"] is True
+        assert_error(httpx.get(f"{url}/v1/models"), 401, "invalid_api_key")
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer cli-secret"})
+        assert models.json()["data"][0]["id"] == tiny_checkpoint.name
         page = httpx.get(url)
         assert page.status_code == 200 and "<canvas" in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -404,3 +449,52 @@ def test_serve_command_rejects_bad_options_before_loading(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "--allow-audio-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--max-num-seqs", "0"], "--max-num-seqs"),
+    (["--max-batch-tokens", "0"], "--max-kv-cache-tokens"),  # the old name of the option
+    (["--max-batch-audio-seconds", "-1"], "--max-batch-audio-seconds"),
+    (["--api-key", " spaced "], "API key"),
+])
+def test_serve_command_checks_engine_and_key_options(tmp_path, monkeypatch, options, message):
+    from typer.testing import CliRunner
+
+    from midashenglm.cli import app
+    from midashenglm.inference import Engine
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(Engine, "from_pretrained", no_loading)
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path), *options])
+    assert isinstance(result.exception, (ValueError, UserError)), result.output
+    assert message in str(result.exception)
+
+
+def test_serve_engine_options_are_the_engine_config_fields(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from midashenglm.cli import app
+    from midashenglm.inference import Engine, EngineConfig
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--max-num-seqs", "--max-kv-cache-tokens", "--max-batch-audio-seconds",
+                   "--api-key", "MIDASHENGLM_API_KEY"):
+        assert option in result.output
+
+    seen = {}
+
+    def fake_load(model, *, device, dtype, config):
+        seen["config"] = config
+        raise UserError("stop here")
+
+    monkeypatch.setattr(Engine, "from_pretrained", fake_load)
+    CliRunner().invoke(app, ["serve", "--model", str(tmp_path), "--max-num-seqs", "3",
+                             "--max-kv-cache-tokens", "5000", "--max-batch-audio-seconds", "70"])
+    assert seen["config"] == EngineConfig(max_num_seqs=3, max_kv_cache_tokens=5000,
+                                          max_batch_audio_seconds=70.0)
+    CliRunner().invoke(app, ["serve", "--model", str(tmp_path), "--max-batch-size", "5",
+                             "--max-batch-tokens", "6000"])  # the old names still work
+    assert seen["config"] == EngineConfig(max_num_seqs=5, max_kv_cache_tokens=6000)

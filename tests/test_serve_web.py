@@ -2,6 +2,7 @@
 
 A person's path: load the page, upload a wav clip, see it drawn, type a question, ask
 (by click and by Ctrl+Enter), read the streamed answer; and a broken file gives an error.
+On a server started with an API key, the page asks for the key first.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ QUESTION = "What can you hear in this clip?"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as engine:
-        config = ServeConfig(served_model_name="tiny-web", max_tokens_limit=256)
-        with ServerThread(create_app(engine, config)) as srv:
-            yield srv
+def engine(tiny_checkpoint):
+    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def server(engine):
+    config = ServeConfig(served_model_name="tiny-web", max_tokens_limit=256)
+    with ServerThread(create_app(engine, config)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
     need(importlib.util.find_spec("playwright") is not None,
          "playwright is not installed (pip install playwright)")
     need(os.path.exists(CHROMIUM), "chromium is not installed (apt-get install chromium)")
@@ -42,14 +48,25 @@ def page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 1300})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(server.url)
-        yield page
+        yield browser
         browser.close()
-        assert not [e for e in errors if "status of 400" not in e], errors  # bad-file test: 400
+
+
+def open_page(browser, url: str, errors: list[str]):
+    page = browser.new_page(viewport={"width": 1000, "height": 1300})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    errors: list[str] = []
+    page = open_page(browser, server.url, errors)
+    yield page
+    page.close()
+    assert not [e for e in errors if "status of 400" not in e], errors  # bad-file test: 400
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +147,45 @@ def test_keyboard_and_errors(page, tmp_path):
     status = page.inner_text("#status")
     assert "messages[0].content[0]" in status and "cannot decode" in status
     assert page.is_enabled("#ask") and page.is_disabled("#stop")
+
+
+def test_the_page_asks_for_the_api_key(browser, engine, wav_file):
+    from playwright.sync_api import expect
+
+    key = "page-secret-42"
+    config = ServeConfig(served_model_name="tiny-key", max_tokens_limit=64, api_key=key)
+    errors: list[str] = []
+    with ServerThread(create_app(engine, config)) as srv:
+        page = open_page(browser, srv.url, errors)
+        key_box = page.get_by_label("This server needs an API key")
+        expect(page.locator("#key-card")).to_be_visible()
+        expect(page.locator("#model-name")).to_have_text("API key needed")
+        expect(key_box).to_be_focused()
+
+        key_box.fill("not-the-key")
+        page.get_by_role("button", name="Use this key").click()
+        expect(page.locator("#key-status")).to_contain_text("did not accept")
+        assert page.evaluate("sessionStorage.getItem('midashenglm-api-key')") is None
+
+        key_box.fill(key)
+        key_box.press("Enter")
+        expect(page.locator("#model-name")).to_have_text("tiny-key")
+        expect(page.locator("#key-card")).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('midashenglm-api-key')") == key
+
+        page.get_by_label("Upload a file").set_input_files(str(wav_file))
+        expect(page.locator("#clip-info")).to_contain_text("2.40 s")
+        page.get_by_role("button", name="Ask").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=30000)
+        expect(page.locator("#answer")).not_to_be_empty()
+
+        page.reload()  # the tab keeps the key
+        expect(page.locator("#model-name")).to_have_text("tiny-key")
+        expect(page.locator("#key-card")).to_be_hidden()
+        page.close()
+
+        other = open_page(browser, srv.url, errors)  # another tab asks again
+        expect(other.locator("#key-card")).to_be_visible()
+        other.close()
+    # The wrong key's 401 is the only error the browser logged.
+    assert errors and all("status of 401" in e for e in errors), errors

@@ -21,7 +21,7 @@ _EXPORTS = {
     "AudioProjector": "midashenglm.modeling.projector",
     "MiDashengLM": "midashenglm.modeling.model",
     "MiDashengLMProcessor": "midashenglm.processing",
-    "num_audio_tokens": "midashenglm.processing",
+    "num_audio_tokens": "midashenglm.modeling.geometry",
 }
 
 __all__ = [
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from midashenglm.audio import SAMPLE_RATE, AudioError, load_audio
     from midashenglm.modeling.config import DashengConfig, MiDashengLMConfig
     from midashenglm.modeling.encoder import DashengEncoder
+    from midashenglm.modeling.geometry import num_audio_tokens
     from midashenglm.modeling.model import MiDashengLM
     from midashenglm.modeling.projector import AudioProjector
-    from midashenglm.processing import MiDashengLMProcessor, num_audio_tokens
+    from midashenglm.processing import MiDashengLMProcessor

@@ -1,280 +1,105 @@
-"""The published checkpoint layout: load, save, key mapping (SYSTEM.md section 5).
+"""Loading, on top of the model and the processor: what commands and services start from.
 
-A checkpoint folder holds ``config.json``, ``model.safetensors`` or
-``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``,
-``generation_config.json`` and the tokenizer files. Keys are
-``audio_encoder.*``, ``audio_projector.net.{0,2}.*``, ``decoder.model.*`` and
-``decoder.lm_head.weight``. Variants accepted on load:
+The layers, bottom up (no module imports one above it; ``tests/test_import_graph.py``
+checks there is no cycle, function-local imports included):
 
-* ``audio_encoder.init_bn.1.*`` (Dasheng wraps its BatchNorm in a Sequential);
-* stored front-end constants (``audio_encoder.front_end.0.*``), ignored because
-  the front end is recomputed from its formula;
-* ``model_type`` "miaudiollm" (early uploads);
-* a tied ``lm_head`` absent from the files.
+1. :mod:`midashenglm.modeling.geometry` (audio-token count), :mod:`~midashenglm.modeling.config`,
+   and :mod:`midashenglm.modeling.weights`: the published files (paths, JSON, Hub
+   resolution, safetensors shards and index, key variants, checks, ``CheckpointError``);
+2. :mod:`midashenglm.modeling.model` (``MiDashengLM.from_pretrained/save_pretrained``
+   on layer 1) and :mod:`midashenglm.processing` (the processor, on layer 1);
+3. this module: :func:`load_model` (model + processor together), the original
+   Dasheng ``.pt`` loader, and the names of layer 1 re-exported, so that
+   ``from midashenglm.checkpoint import load_model, CheckpointError, read_json_file``
+   keeps working.
+
+The model and the processor are imported inside the functions that need them, so that
+``from midashenglm.checkpoint import CheckpointError`` stays as light as ``torch``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:
+from midashenglm.modeling.weights import (
+    ACCEPTED_MODEL_TYPES,
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    PICKLE_INDEX_NAME,
+    PICKLE_WEIGHTS_NAME,
+    SAFE_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    CheckpointError,
+    iter_tensors,
+    load_config,
+    load_state,
+    normalize_key,
+    read_json_file,
+    resolve_checkpoint,
+    resolve_dtype,
+    weight_files,
+    write_weights,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from midashenglm.modeling.config import MiDashengLMConfig
     from midashenglm.modeling.encoder import DashengEncoder
     from midashenglm.modeling.model import MiDashengLM
+    from midashenglm.processing import MiDashengLMProcessor
 
-CONFIG_NAME = "config.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
-PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
-GENERATION_CONFIG_NAME = "generation_config.json"
-ACCEPTED_MODEL_TYPES = ("midashenglm", "miaudiollm")
-
-_IGNORED_KEYS = re.compile(r"(^|\.)front_end\.0\.(mel_scale\.fb|spectrogram\.window)$")
-_KEY_RENAMES = [(re.compile(r"(^|\.)init_bn\.1\."), r"\1init_bn.")]
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model: names what is wrong and where."""
-
-
-# ---------------------------------------------------------------------------- paths
-def resolve_checkpoint(
-    path_or_id: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    allow_pickle: bool = False,
-) -> Path:
-    """A local folder for ``path_or_id``: itself if it exists, else a Hub snapshot."""
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{path}: expected a checkpoint folder, found a file")
-    if str(path_or_id).startswith((".", "/", "~")) or os.sep + os.sep in str(path_or_id):
-        raise CheckpointError(f"{path}: no such checkpoint folder")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = _HUB_PATTERNS + (["*.bin"] if allow_pickle else [])
-    try:
-        return Path(
-            snapshot_download(
-                str(path_or_id), revision=revision, token=token, allow_patterns=patterns
-            )
-        )
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path_or_id}: not a local folder, and the Hub download failed ({err}). "
-            "Offline? Download it once (huggingface-cli download ID) or pass a folder."
-        ) from None
+__all__ = [
+    "ACCEPTED_MODEL_TYPES",
+    "CONFIG_NAME",
+    "GENERATION_CONFIG_NAME",
+    "PICKLE_INDEX_NAME",
+    "PICKLE_WEIGHTS_NAME",
+    "SAFE_INDEX_NAME",
+    "SAFE_WEIGHTS_NAME",
+    "CheckpointError",
+    "build_empty",
+    "iter_tensors",
+    "load_config",
+    "load_dasheng_checkpoint",
+    "load_model",
+    "load_pretrained",
+    "load_state",
+    "normalize_key",
+    "read_json_file",
+    "resolve_checkpoint",
+    "resolve_device",
+    "resolve_dtype",
+    "save_pretrained",
+    "weight_files",
+    "write_weights",
+]
 
 
-def read_json_file(path_or_id: str | os.PathLike, name: str) -> dict[str, Any] | None:
-    """A JSON file of a local checkpoint folder, or None (Hub ids: from the local cache)."""
-    path = Path(path_or_id).expanduser()
-    if not path.is_dir():
-        try:
-            from huggingface_hub import try_to_load_from_cache
+# ------------------------------------------------------------------------- the model
+def load_pretrained(path_or_id: str | os.PathLike, **kwargs: Any) -> MiDashengLM:
+    """``MiDashengLM.from_pretrained``: a checkpoint (folder or Hub id) in the published layout.
 
-            cached = try_to_load_from_cache(str(path_or_id), name)
-        except Exception:  # an id the cache does not know: nothing to read
-            return None
-        path = Path(cached).parent if isinstance(cached, str) else None
-        if path is None:
-            return None
-    file = path / name
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
-# ----------------------------------------------------------------------------- config
-def load_config(folder: Path) -> Any:
-    from midashenglm.modeling.config import MiDashengLMConfig
-
-    data = read_json_file(folder, CONFIG_NAME)
-    if data is None:
-        raise CheckpointError(f"{folder}: no {CONFIG_NAME}")
-    model_type = data.get("model_type")
-    if model_type not in ACCEPTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"{folder / CONFIG_NAME}: model_type {model_type!r} is not a MiDashengLM "
-            f"checkpoint (expected one of {ACCEPTED_MODEL_TYPES})"
-        )
-    data = {k: v for k, v in data.items() if k not in ("model_type", "auto_map", "transformers_version")}
-    try:
-        return MiDashengLMConfig(**data)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {err}") from None
-
-
-# ---------------------------------------------------------------------------- tensors
-def weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
-    """The weight files of a checkpoint folder, safetensors preferred."""
-    for index_name, single in ((SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME), (PICKLE_INDEX_NAME, PICKLE_WEIGHTS_NAME)):
-        pickled = index_name == PICKLE_INDEX_NAME
-        index = folder / index_name
-        files: list[Path] = []
-        if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-            files = [folder / f for f in sorted(set(weight_map.values()))]
-            absent = [f.name for f in files if not f.is_file()]
-            if absent:
-                raise CheckpointError(f"{index}: shard(s) missing: {', '.join(absent)}")
-        elif (folder / single).is_file():
-            files = [folder / single]
-        if files and pickled and not allow_pickle:
-            raise CheckpointError(
-                f"{folder}: only pickle weights ({files[0].name}) found. Pickle files can run "
-                "code when loaded; pass allow_pickle=True if you trust them, or convert them "
-                "to safetensors."
-            )
-        if files:
-            return files
-    raise CheckpointError(f"{folder}: no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} found")
-
-
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) over every shard, one shard in memory at a time."""
-    from safetensors import safe_open
-
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt", device="cpu") as shard:
-                for key in shard.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield key, shard.get_tensor(key)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            yield from state.items()
-
-
-def normalize_key(key: str) -> str | None:
-    """The model's name for a stored key, or None for keys that are recomputed."""
-    if _IGNORED_KEYS.search(key):
-        return None
-    for pattern, replacement in _KEY_RENAMES:
-        key = pattern.sub(replacement, key)
-    return key
-
-
-def load_state(
-    module: torch.nn.Module,
-    tensors: Iterator[tuple[str, torch.Tensor]],
-    *,
-    source: str,
-    prefix: str = "",
-    optional: set[str] | None = None,
-) -> None:
-    """Copy tensors into ``module`` (keys without ``prefix``), checking every name and shape."""
-    own = dict(module.state_dict(keep_vars=True))
-    seen: set[str] = set()
-    unexpected, mismatched = [], []
-    for raw_key, tensor in tensors:
-        key = normalize_key(raw_key)
-        if key is None:
-            continue
-        if prefix:
-            if not key.startswith(prefix):
-                unexpected.append(raw_key)
-                continue
-            key = key[len(prefix) :]
-        target = own.get(key)
-        if target is None:
-            unexpected.append(raw_key)
-            continue
-        if tuple(target.shape) != tuple(tensor.shape):
-            mismatched.append(f"{raw_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
-            seen.add(key)  # present, only the wrong shape: reported once, as a mismatch
-            continue
-        with torch.no_grad():
-            target.copy_(tensor.to(dtype=target.dtype))
-        seen.add(key)
-    missing = [k for k in own if k not in seen and k not in (optional or set())]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_mismatch_report(source, missing, unexpected, mismatched))
-
-
-def _mismatch_report(source: str, missing: list, unexpected: list, mismatched: list) -> str:
-    lines = [f"{source} does not fit the model:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            shown = "\n    ".join(items[:12])
-            more = f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
-            lines.append(f"  {len(items)} {title}:\n    {shown}{more}")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------ load
-def _resolve_dtype(dtype: str | torch.dtype | None, config: Any) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if dtype is None or stored is None:
-            return torch.float32
-        dtype = stored
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
-    return value
-
-
-def build_empty(config: Any, dtype: torch.dtype, device: str | torch.device) -> MiDashengLM:
-    """The model with uninitialised weights, allocated once in its final dtype and device."""
-    from transformers.initialization import no_init_weights
-
+    Keywords: ``dtype`` ("auto": the one in config.json), ``device``, ``allow_pickle``,
+    ``revision``, ``token``.
+    """
     from midashenglm.modeling.model import MiDashengLM
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with no_init_weights(), torch.device(device):
-            model = MiDashengLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model
+    return MiDashengLM.from_pretrained(path_or_id, **kwargs)
 
 
-def load_pretrained(
-    path_or_id: str | os.PathLike,
-    *,
-    dtype: str | torch.dtype | None = "auto",
-    device: str | torch.device = "cpu",
-    allow_pickle: bool = False,
-    revision: str | None = None,
-    token: str | bool | None = None,
-) -> MiDashengLM:
-    """Load a MiDashengLM checkpoint (folder or Hub id) in the published layout.
+def save_pretrained(model: MiDashengLM, directory: str | os.PathLike, **kwargs: Any) -> Path:
+    """``model.save_pretrained``: the published layout; it loads back bit-identically."""
+    return model.save_pretrained(directory, **kwargs)
 
-    ``dtype="auto"`` uses the dtype stored in config.json; the log-mel front end
-    always runs in fp32 whatever the dtype.
-    """
-    from transformers import GenerationConfig
 
-    folder = resolve_checkpoint(path_or_id, revision=revision, token=token, allow_pickle=allow_pickle)
-    config = load_config(folder)
-    files = weight_files(folder, allow_pickle=allow_pickle)
-    torch_dtype = _resolve_dtype(dtype, config)
-    model = build_empty(config, torch_dtype, device)
-    optional = _tied_keys(model)
-    load_state(model, iter_tensors(files), source=str(folder), optional=optional)
-    if optional:
-        model.decoder.tie_weights()
-    if (folder / GENERATION_CONFIG_NAME).is_file():
-        model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    model.config.dtype = torch_dtype
-    model.name_or_path = str(path_or_id)
-    return model.eval()
+def build_empty(config: MiDashengLMConfig, dtype: torch.dtype, device: str | torch.device) -> MiDashengLM:
+    """``MiDashengLM.build_empty``: uninitialised weights, in their final dtype and device."""
+    from midashenglm.modeling.model import MiDashengLM
+
+    return MiDashengLM.build_empty(config, dtype, device)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -294,61 +119,14 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     **kwargs: Any,
-) -> tuple[MiDashengLM, Any]:
+) -> tuple[MiDashengLM, MiDashengLMProcessor]:
     """Model and processor of a checkpoint: what every command and service starts from."""
+    from midashenglm.modeling.model import MiDashengLM
     from midashenglm.processing import MiDashengLMProcessor
 
-    model = load_pretrained(path_or_id, device=resolve_device(device), dtype=dtype, **kwargs)
+    model = MiDashengLM.from_pretrained(path_or_id, device=resolve_device(device), dtype=dtype, **kwargs)
     processor = MiDashengLMProcessor.from_pretrained(resolve_checkpoint(path_or_id))
     return model, processor
-
-
-def _tied_keys(model: MiDashengLM) -> set[str]:
-    decoder = model.decoder
-    if getattr(decoder.config, "tie_word_embeddings", False):
-        return {"decoder.lm_head.weight"}
-    return set()
-
-
-# ------------------------------------------------------------------------------ save
-def save_pretrained(
-    model: MiDashengLM,
-    directory: str | os.PathLike,
-    *,
-    max_shard_size: int | str = "5GB",
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Write the published layout; what this writes loads back bit-identically."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    for key in _tied_keys(model):
-        state.pop(key, None)
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    state = {k: v.cpu().contiguous() for k, v in state.items()}
-
-    for stale in list(directory.glob("model*.safetensors")) + [directory / SAFE_INDEX_NAME]:
-        stale.unlink(missing_ok=True)
-    split = split_torch_state_dict_into_shards(
-        state, max_shard_size=max_shard_size, filename_pattern="model{suffix}.safetensors"
-    )
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state[k] for k in keys}, str(directory / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": {"total_size": split.metadata["total_size"]}, "weight_map": split.tensor_to_filename}
-        (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-    config = model.config.to_dict()
-    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-    config["dtype"] = str(stored).removeprefix("torch.")
-    config.pop("torch_dtype", None)
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    model.generation_config.save_pretrained(str(directory))
-    return directory
 
 
 # ------------------------------------------------------------- original Dasheng .pt
@@ -358,7 +136,7 @@ _DASHENG_CONFIG_RENAMES = {"hop_size": "hop_length", "win_size": "win_length"}
 def load_dasheng_checkpoint(path: str | os.PathLike) -> DashengEncoder:
     """An original Dasheng encoder checkpoint (``dasheng_base.pt``: a dict with ``model``
     and ``config``), loaded with ``torch.load(weights_only=True)``."""
-    from midashenglm.modeling.config import DashengConfig
+    from midashenglm.modeling.config import ENCODER_PRESETS, DashengConfig
     from midashenglm.modeling.encoder import DashengEncoder
 
     path = Path(path)
@@ -380,8 +158,6 @@ def load_dasheng_checkpoint(path: str | os.PathLike) -> DashengEncoder:
         settings.setdefault("depth", 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")))
     if "num_heads" not in settings:
         # The published loaders pass the head count as an argument, not in the dump.
-        from midashenglm.modeling.config import ENCODER_PRESETS
-
         by_width = {p["embed_dim"]: p["num_heads"] for p in ENCODER_PRESETS.values()}
         if settings.get("embed_dim") not in by_width:
             raise CheckpointError(f"{path}: config has no num_heads and embed_dim is not a known size")

@@ -7,13 +7,9 @@ User mistakes (a missing folder, a bad config, unreadable audio) print one
 from __future__ import annotations
 
 import importlib
-import json
-from pathlib import Path
-from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from midashenglm.errors import UserError
 
@@ -25,13 +21,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 err_console = Console(stderr=True)
 
 
 # Each area of the package adds its commands through a ``register(app)`` function;
 # the modules import their heavy dependencies inside the commands, so --help stays fast.
 COMMAND_MODULES = [
+    "midashenglm.commands",  # info, init: the model itself
     "midashenglm.inference.commands",
     "midashenglm.serve.commands",
     "midashenglm.evaluation.commands",
@@ -63,229 +59,6 @@ def main() -> None:
     except _user_errors() as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise SystemExit(2) from None
-
-
-# ------------------------------------------------------------------------------- info
-@app.command()
-def info(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (or a Hub id in the local cache).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-) -> None:
-    """Parameters per component, audio token rate, context window, dtype and config summary.
-
-    Reads only config.json and the safetensors headers, so it is instant even for 7B.
-    """
-    from midashenglm.checkpoint import load_config, resolve_checkpoint, weight_files
-
-    folder = resolve_checkpoint(checkpoint)
-    config = load_config(folder)
-    counts, dtypes = _count_parameters(weight_files(folder))
-    enc, text = config.audio_encoder_config, config.text_config
-    rate = config.audio_tokens_per_second
-    context = getattr(text, "max_position_embeddings", None)
-    summary: dict[str, Any] = {
-        "checkpoint": str(folder),
-        "parameters": counts,
-        "dtype": sorted(dtypes),
-        "audio_tokens_per_second": rate,
-        "context_window_tokens": context,
-        "max_audio_seconds_in_context": context / rate if context else None,
-        "audio_token_id": config.audio_token_id,
-        "encoder": {
-            "embed_dim": enc.embed_dim,
-            "depth": enc.depth,
-            "num_heads": enc.num_heads,
-            "layerscale": enc.init_values is not None,
-            "window_seconds": enc.target_length * enc.hop_length / enc.sample_rate,
-            "n_mels": enc.n_mels,
-            "sample_rate": enc.sample_rate,
-        },
-        "projector": {"subsample_factor": config.subsample_factor},
-        "decoder": {
-            "model_type": text.model_type,
-            "hidden_size": text.hidden_size,
-            "num_hidden_layers": text.num_hidden_layers,
-            "num_attention_heads": text.num_attention_heads,
-            "num_key_value_heads": getattr(text, "num_key_value_heads", None),
-            "intermediate_size": getattr(text, "intermediate_size", None),
-            "vocab_size": text.vocab_size,
-            "tie_word_embeddings": getattr(text, "tie_word_embeddings", False),
-        },
-        "tokenizer": (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file(),
-    }
-    if as_json:
-        print(json.dumps(summary))
-        return
-
-    table = Table(title=f"MiDashengLM checkpoint: {folder}", show_header=True)
-    table.add_column("component")
-    table.add_column("parameters", justify="right")
-    table.add_column("share", justify="right")
-    total = counts["total"]
-    for name, value in counts.items():
-        if name != "total":
-            table.add_row(name, f"{value:,}", f"{100 * value / max(total, 1):.1f} %")
-    table.add_row("[bold]total[/]", f"[bold]{total:,}[/]", "100 %")
-    console.print(table)
-    facts = Table(show_header=False, box=None)
-    facts.add_row("dtype", ", ".join(sorted(dtypes)))
-    facts.add_row("audio tokens", f"{rate:g} per second ({1 / rate * 1000:.0f} ms each)")
-    if context:
-        facts.add_row("context window", f"{context:,} tokens (~{context / rate / 60:.0f} min of audio alone)")
-    facts.add_row(
-        "encoder",
-        f"Dasheng D={enc.embed_dim} depth={enc.depth} heads={enc.num_heads}, "
-        f"{enc.n_mels} mels, windows of {enc.target_length * enc.hop_length / enc.sample_rate:.2f} s",
-    )
-    facts.add_row("projector", f"{config.subsample_factor} frames -> 1 token, MLP to {text.hidden_size}")
-    facts.add_row(
-        "decoder",
-        f"{text.model_type}: hidden {text.hidden_size}, {text.num_hidden_layers} layers, "
-        f"{text.num_attention_heads} heads / {getattr(text, 'num_key_value_heads', '?')} KV, "
-        f"vocab {text.vocab_size:,}",
-    )
-    facts.add_row("audio token id", str(config.audio_token_id))
-    facts.add_row("tokenizer", "yes" if summary["tokenizer"] else "no (pass one when loading)")
-    console.print(facts)
-
-
-def _count_parameters(files: list[Path]) -> tuple[dict[str, int], set[str]]:
-    """Parameter counts per component from the weight files, without loading tensors."""
-    from safetensors import safe_open
-
-    from midashenglm.checkpoint import iter_tensors
-
-    counts = {"audio_encoder": 0, "audio_projector": 0, "decoder": 0, "other": 0}
-    dtypes: set[str] = set()
-
-    def add(key: str, numel: int) -> None:
-        if "running_" in key or key.endswith("num_batches_tracked") or ".front_end." in key:
-            return  # buffers, not parameters
-        part = key.split(".", 1)[0]
-        counts[part if part in counts else "other"] += numel
-
-    for file in files:
-        if file.suffix != ".safetensors":
-            for key, tensor in iter_tensors([file]):
-                add(key, tensor.numel())
-                dtypes.add(str(tensor.dtype).removeprefix("torch."))
-            continue
-        with safe_open(str(file), framework="pt") as shard:
-            for key in shard.keys():  # noqa: SIM118 - safe_open is not a dict
-                piece = shard.get_slice(key)
-                numel = 1
-                for dim in piece.get_shape():
-                    numel *= dim
-                add(key, numel)
-                dtypes.add(_SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype()))
-    if not counts["other"]:
-        del counts["other"]
-    counts["total"] = sum(counts.values())
-    return counts, dtypes
-
-
-_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64", "F8_E4M3": "float8_e4m3fn"}
-
-
-# ------------------------------------------------------------------------------- init
-@app.command()
-def init(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the checkpoint to.")],
-    encoder: Annotated[str, typer.Option(help="Encoder size: tiny, base, 0.6B or 1.2B.")] = "tiny",
-    decoder: Annotated[
-        str,
-        typer.Option(
-            help="Decoder preset (tiny, qwen2.5-omni-7b, qwen3-0.6b) or a JSON file holding a "
-            "transformers text config (with model_type)."
-        ),
-    ] = "tiny",
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="Tokenizer folder or Hub id. Default: the project's small offline tokenizer "
-            "(for the real decoder presets pass the Qwen tokenizer, e.g. Qwen/Qwen2.5-Omni-7B)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed for the weights.")] = 0,
-    dtype: Annotated[str, typer.Option(help="Stored dtype: float32, bfloat16 or float16.")] = "float32",
-    max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB.")] = "5GB",
-    force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
-) -> None:
-    """Write a randomly initialised model and its tokenizer in the published layout.
-
-    The starting point for training from scratch, and what speed benchmarks use
-    when no trained weights are at hand.
-    """
-    import torch
-
-    from midashenglm.checkpoint import _resolve_dtype
-    from midashenglm.modeling.config import (
-        DECODER_PRESETS,
-        ENCODER_PRESETS,
-        DashengConfig,
-        MiDashengLMConfig,
-    )
-    from midashenglm.modeling.model import MiDashengLM
-    from midashenglm.processing import MiDashengLMProcessor
-
-    if encoder not in ENCODER_PRESETS:
-        raise UserError(f"--encoder {encoder!r}: choose one of {', '.join(ENCODER_PRESETS)}")
-    text_config = _decoder_config(decoder, DECODER_PRESETS)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out}: folder is not empty (pass --force to write into it)")
-    torch_dtype = _resolve_dtype(dtype, None)
-
-    processor = MiDashengLMProcessor(_load_tokenizer(tokenizer))
-    if len(processor.tokenizer) > text_config.get("vocab_size", 0):
-        raise UserError(
-            f"the tokenizer has {len(processor.tokenizer)} tokens but the decoder's vocab_size "
-            f"is {text_config.get('vocab_size')}"
-        )
-    config = MiDashengLMConfig(
-        audio_encoder_config=DashengConfig.from_preset(encoder).to_dict(),
-        text_config=text_config,
-        audio_token_id=processor.audio_token_id,
-    )
-    torch.manual_seed(seed)
-    with console.status(f"initialising encoder {encoder} + decoder {decoder}"):
-        model = MiDashengLM(config)
-        gen = model.generation_config
-        gen.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        gen.pad_token_id = processor.tokenizer.pad_token_id
-        gen.bos_token_id = None
-        model.save_pretrained(out, max_shard_size=max_shard_size, dtype=torch_dtype)
-        processor.save_pretrained(out)
-    params = sum(p.numel() for p in model.parameters())
-    console.print(f"wrote {out} ({params:,} parameters, {dtype}); inspect it with: midashenglm info {out}")
-
-
-def _decoder_config(name: str, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    if name in presets:
-        return dict(presets[name])
-    path = Path(name)
-    if not path.is_file():
-        raise UserError(f"--decoder {name!r}: not a preset ({', '.join(presets)}) nor a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"--decoder {path}: not valid JSON ({err})") from None
-    data = data.get("text_config", data)  # a whole MiDashengLM config.json works too
-    if "model_type" not in data:
-        raise UserError(f"--decoder {path}: the config has no model_type")
-    return data
-
-
-def _load_tokenizer(name: str | None) -> Any:
-    if name is None:
-        from midashenglm.tokenizer import build_tiny_tokenizer
-
-        return build_tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        raise UserError(f"--tokenizer {name}: cannot load it ({err})") from None
 
 
 _register_commands()

@@ -3,5 +3,12 @@ engine against plain ``transformers`` generation, and achieved against peak FLOP
 
 ``midashenglm bench ttft|throughput|encoder|memory|all`` (see ``commands.py``) measures
 them side by side in one run and writes ``report.md``, ``report.json`` and plots.
-Submodules import torch; this package file stays light so the CLI starts fast.
+
+Layout: one module per measurement (``ttft``, ``throughput``, ``memory``, ``encoder``,
+``mixed``, ``realistic``) on a shared ``context.Bench``; the machine's limits (matmul
+peak, memory bandwidth) in ``peak``; the analytic side in ``costs`` (MACs), ``traffic``
+(bytes moved) and ``roofline`` (both, per phase, against the limits); the comparisons,
+a pure function of the records, in ``compare``; ``suite`` runs a command's sections and
+``report`` lays the result out. Submodules import torch; this package file stays light
+so the CLI starts fast.
 """

@@ -20,7 +20,10 @@ bench_app = typer.Typer(
     help="Speed, measured side by side in one run: MiDashengLM against a Qwen2.5-Omni-style "
     "baseline on the same decoder (the architecture's ratio), our inference engine against "
     "plain transformers generation (the implementation's ratio), and achieved against the "
-    "machine's measured matmul peak. Random weights, full-size shapes on a GPU "
+    "machine's measured matmul peak and memory bandwidth (the roofline). The two sides of "
+    "each comparison are timed interleaved; the report gives the ratio of medians and the "
+    "ratio of minimums, and flags results the limits make impossible. Random weights, "
+    "full-size shapes on a GPU "
     "(--scale full) or proportionally scaled shapes on a CPU (--scale cpu). Writes "
     "report.md, report.json and plots with --out.",
     no_args_is_help=True,
@@ -63,7 +66,11 @@ def _options(
     quick: Annotated[
         bool, typer.Option(help="Few lengths, batch sizes and repeats, 10 new tokens: a fast check.")
     ] = False,
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats per measurement (median kept).")] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(help="Timed repeats per measurement, in rounds: the sides of a comparison "
+                     "alternate (A, B, A, B, ...)."),
+    ] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed warm-up runs before each measurement.")] = None,
     new_tokens: Annotated[
         int | None, typer.Option(help="New tokens per request, EOS ignored (default 100, as the paper).")
@@ -153,8 +160,8 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     from midashenglm.bench.measure import machine_info, pin_threads
     from midashenglm.bench.models import SCALES, build_models
     from midashenglm.bench.report import headline, write_report
-    from midashenglm.bench.suite import Settings, Suite, engine_available
-    from midashenglm.checkpoint import _resolve_dtype, resolve_device
+    from midashenglm.bench.suite import Settings, Suite, engine_available, steps
+    from midashenglm.checkpoint import resolve_device, resolve_dtype
     from midashenglm.progress import ProgressBar
 
     console = Console(stderr=options["as_json"])
@@ -170,7 +177,7 @@ def run(name: str, **options: Any) -> dict[str, Any]:
             "On a CPU use --scale cpu (the same comparison with proportionally scaled shapes)."
         )
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if options["dtype"] == "auto" \
-        else _resolve_dtype(options["dtype"], None)
+        else resolve_dtype(options["dtype"], None)
     if options["out"] is not None and options["out"].exists() and not options["out"].is_dir():
         raise UserError(f"--out {options['out']}: exists and is not a folder")
 
@@ -212,7 +219,7 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     with console.status("building random-weight models"):
         models = build_models(scale, device=device, dtype=dtype, seed=settings.seed)
     sections = SECTIONS[name]
-    with ProgressBar(_steps(sections, settings), f"bench {name}", enabled=not options["as_json"]) as bar:
+    with ProgressBar(steps(sections, settings), f"bench {name}", enabled=not options["as_json"]) as bar:
         suite = Suite(models, settings, advance=lambda label="": bar.advance(1, label))
         results = suite.run(sections)
 
@@ -248,25 +255,6 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     return report
 
 
-def _steps(sections: tuple[str, ...], settings: Any) -> int:
-    from midashenglm.bench.suite import engine_available
-
-    engine = settings.engine and engine_available()
-    steps = 0
-    if "peak" in sections:
-        steps += 1
-    if "encoder" in sections:
-        steps += 2 * len(settings.efficiency_batches)
-    if "ttft" in sections:
-        steps += len(settings.ttft_seconds) * (4 if engine else 3)
-    if "throughput" in sections or "memory" in sections:
-        steps += 2 * len(settings.batch_sizes)
-    if "throughput" in sections:
-        steps += 7 + (3 if engine else 0)  # the fixed mixed workload
-        steps += 4 + (4 if engine else 0)  # the realistic task mix
-    return steps
-
-
 bench_app.command("ttft")(_command(
     "ttft",
     "Time to first token at batch 1 for audio of 1, 2, 5, 10, 20 and 30 s: MiDashengLM, the "
@@ -285,7 +273,8 @@ bench_app.command("throughput")(_command(
 bench_app.command("encoder")(_command(
     "encoder",
     "Achieved FLOP/s of the audio path (front end, encoder, projector) and of the decoder "
-    "prefill for 30 s clips, as a fraction of the matmul peak measured in the same run.",
+    "prefill for 30 s clips, as a fraction of the matmul peak measured in the same run, and "
+    "their distance from the roofline (matmul peak and memory bandwidth, both measured).",
 ))
 bench_app.command("memory")(_command(
     "memory",

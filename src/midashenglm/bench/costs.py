@@ -45,6 +45,8 @@ class DashengShape:
     patch_stride: int = 4
     window_patches: int = 252
     subsample_factor: int = 5
+    freq_stride: int = 64  # mel bins per patch (all 64: the token sequence is purely temporal)
+    qkv_bias: bool = True
 
     @classmethod
     def from_config(cls, config: Any, subsample_factor: int = 5) -> DashengShape:
@@ -59,6 +61,8 @@ class DashengShape:
             patch_stride=config.patch_stride[1],
             window_patches=config.window_patches,
             subsample_factor=subsample_factor,
+            freq_stride=config.patch_stride[0],
+            qkv_bias=bool(getattr(config, "qkv_bias", True)),
         )
 
 
@@ -97,13 +101,23 @@ class DecoderShape:
     head_dim: int = 128
     intermediate: int = 18944
     vocab: int = 152064
+    # Parameters that cost no MACs worth counting but are read with the weights (traffic.py).
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases; Qwen3 and Llama follow ``attention_bias``
+    o_bias: bool = False
+    qk_norm: bool = False  # Qwen3 normalises queries and keys per head
 
     @classmethod
     def from_config(cls, config: Any) -> DecoderShape:
         """From a transformers text config (Qwen2, Qwen2.5-Omni text, Qwen3, Llama)."""
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        model_type = str(getattr(config, "model_type", ""))
+        qwen2 = model_type.startswith("qwen2")
+        bias = bool(getattr(config, "attention_bias", False))
         return cls(
+            qkv_bias=True if qwen2 else bias,
+            o_bias=False if qwen2 else bias,
+            qk_norm=model_type.startswith("qwen3"),
             hidden=config.hidden_size,
             layers=config.num_hidden_layers,
             heads=heads,
@@ -367,7 +381,7 @@ def fmt_macs(macs: float) -> str:
 
 
 def fmt_bytes(num: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(num) >= scale:
             return f"{num / scale:.3g} {unit}"
     return f"{num:.0f} B"

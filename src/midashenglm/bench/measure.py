@@ -1,8 +1,13 @@
-"""Timers, peak memory, the machine's matmul peak, and what the run ran on.
+"""Timers, peak memory, and what the run ran on (the machine's limits: ``peak.py``).
 
 Method: every measurement runs its warm-up first, then ``repeats`` timed runs, each
 on fresh random inputs made outside the timed region; we keep the median, min and
 max. On a GPU every timed region ends with ``torch.cuda.synchronize()``.
+
+The two sides of a comparison are timed *interleaved* (:func:`time_interleaved`:
+A, B, A, B, ...): a burst of load from another process then hits both sides of a
+pair instead of one side's whole series, and the ratio of the minimums (the best run
+of each side) stays meaningful even when the medians do not.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -124,6 +129,100 @@ def time_call(
     return Stats.of(times)
 
 
+@dataclass
+class Side:
+    """One side of an interleaved measurement: ``run(make(i))`` is timed, ``make`` is not.
+
+    ``memory``: also record the peak memory each run adds (:class:`PeakMemory`).
+    """
+
+    name: str
+    run: Callable[[Any], Any]
+    make: Callable[[int], Any]
+    memory: bool = False
+    warmup: int | None = None  # None: the measurement's warm-up count
+
+
+@dataclass
+class SideResult:
+    """What one side gave: its timings, its last output, its peak memory, or its failure."""
+
+    status: Literal["ok", "OOM", "skipped"] = "ok"
+    times: list[float] = field(default_factory=list)
+    output: Any = None
+    peak_memory_bytes: int | None = None
+
+    @property
+    def stats(self) -> Stats | None:
+        return Stats.of(self.times) if self.times else None
+
+
+def time_interleaved(
+    sides: list[Side],
+    *,
+    device: torch.device,
+    warmup: int = 1,
+    repeats: int = 3,
+    stop: Callable[[], bool] | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, SideResult]:
+    """Time every side ``repeats`` times, in rounds: A, B, ..., then A, B, ... again.
+
+    The warm-up runs are interleaved the same way. A side that runs out of memory is
+    marked ``OOM`` and leaves the rounds; the others go on. ``stop()``, asked before
+    every round after the first, ends the rounds early (a time budget); ``on_round(r)``
+    is called after each round.
+    """
+    results = {side.name: SideResult() for side in sides}
+
+    def call(side: Side, index: int, timed: bool) -> None:
+        result = results[side.name]
+        if result.status != "ok":
+            return
+        inputs = side.make(index)
+        memory = PeakMemory(device) if side.memory else contextlib.nullcontext()
+        try:
+            synchronize(device)
+            with memory:
+                start = time.perf_counter()
+                output = side.run(inputs)
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            result.status = "OOM"
+            free_memory(device)
+            return
+        if timed:
+            result.times.append(elapsed)
+            result.output = output
+            if isinstance(memory, PeakMemory) and memory.peak_bytes is not None:
+                result.peak_memory_bytes = max(result.peak_memory_bytes or 0, memory.peak_bytes)
+
+    rounds = max((warmup if s.warmup is None else s.warmup) for s in sides) if sides else 0
+    for i in range(rounds):
+        for side in sides:
+            if i < (warmup if side.warmup is None else side.warmup):
+                call(side, 10_000 + i, timed=False)
+    for r in range(repeats):
+        if r and stop is not None and stop():
+            break
+        for side in sides:
+            call(side, r, timed=True)
+        if on_round is not None:
+            on_round(r)
+    return results
+
+
+def free_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------ memory
 class PeakMemory:
     """Peak memory a block adds above what was in use when it started, in bytes.
@@ -200,47 +299,3 @@ def _malloc_trim() -> None:
 
 def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-# ------------------------------------------------------------------------ matmul peak
-@dataclass
-class MatmulPeak:
-    flops_per_s: float
-    size: int
-    dtype: str
-    seconds_per_matmul: float
-
-
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] | None = None, budget_s: float = 2.0
-) -> MatmulPeak:
-    """The best FLOP/s of square matmuls on this machine, in this process, now.
-
-    It is the practical ceiling the model's FLOP/s are compared with (achieved / peak):
-    the same threads, the same library, the same dtype as the benchmark itself.
-    """
-    if sizes is None:
-        sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
-    best: MatmulPeak | None = None
-    for size in sizes:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        torch.matmul(a, b)  # warm-up: library initialisation, kernel choice
-        synchronize(device)
-        runs, elapsed = 0, 0.0
-        best_time = float("inf")
-        while elapsed < budget_s / len(sizes) or runs < 3:
-            start = time.perf_counter()
-            torch.matmul(a, b)
-            synchronize(device)
-            dt = time.perf_counter() - start
-            best_time = min(best_time, dt)
-            elapsed += dt
-            runs += 1
-        flops = 2 * size**3 / best_time
-        if best is None or flops > best.flops_per_s:
-            best = MatmulPeak(flops, size, str(dtype).removeprefix("torch."), best_time)
-        del a, b
-    assert best is not None
-    return best
-

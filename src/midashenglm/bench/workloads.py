@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from midashenglm.conversation import build_conversation
 from midashenglm.processing import DEFAULT_SYSTEM_PROMPT
 
 SAMPLE_RATE = 16000
@@ -59,16 +60,8 @@ class Prompt:
     text_tokens: int  # prompt tokens that are not audio tokens (markup and bos/eos included)
 
     def conversation(self, audio: np.ndarray) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        if self.system is not None:
-            messages.append({"role": "system", "content": self.system})
-        messages.append(
-            {
-                "role": "user",
-                "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": self.question}],
-            }
-        )
-        return messages
+        """``[system?, user: [audio, question]]``, as every other path of the package builds it."""
+        return build_conversation(audio, self.question, system_prompt=self.system, sampling_rate=SAMPLE_RATE)
 
 
 def make_prompt(processor: Any, text_tokens: int = 30) -> Prompt:

@@ -1,31 +1,27 @@
-"""``midashenglm evaluate``, and the hook where the benchmark runner and report add theirs."""
+"""The evaluation suite's commands: ``evaluate``, ``benchmark`` and ``report``.
+
+Only the command line lives here; the work is in :mod:`~midashenglm.evaluation.scoring`,
+:mod:`~midashenglm.evaluation.runner` and :mod:`~midashenglm.evaluation.report`.
+"""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from midashenglm.cli_options import DeviceOption, DtypeOption, MaxNumSeqsOption, ModelOption
 from midashenglm.errors import UserError
-
-# Modules of other parts of the evaluation suite that add commands when present.
-EXTRA_COMMAND_MODULES = ("midashenglm.evaluation.runner", "midashenglm.evaluation.report")
+from midashenglm.evaluation import tasks as T
 
 
 def register(app: typer.Typer) -> None:
     _register_evaluate(app)
-    for name in EXTRA_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and name.startswith(err.name):
-                continue  # not part of this installation yet
-            raise
-        module.register_commands(app)
+    _register_benchmark(app)
+    _register_report(app)
 
 
 def _format_value(metric: str, value: float) -> str:
@@ -42,8 +38,9 @@ def _register_evaluate(app: typer.Typer) -> None:
                  "dataset_name, model_output and the reference: text, label or answer).")],
         metric: Annotated[str | None, typer.Option(
             help="Metric to use instead of the dataset's own: wer, cer, accuracy, "
-                 "gender_accuracy, map, qa_accuracy, fense, date, mecat, bleu, meteor, "
-                 "rouge_l, cider_d, spice, spider.")] = None,
+                 "gender_accuracy, map, qa_accuracy, qa_accuracy_strict, "
+                 "muchomusic_accuracy, fense, date, mecat, bleu, meteor, rouge_l, cider_d, "
+                 "spice, spider.")] = None,
         lang: Annotated[str | None, typer.Option(
             help="WER: language of rows that name none (no 'lang' field, no <|xx|> tag "
                  "in the prompt), e.g. en, zh, yue, th.")] = None,
@@ -66,7 +63,8 @@ def _register_evaluate(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="FENSE/DATE: batch size.")] = 32,
         as_json: Annotated[bool, typer.Option(
             "--json", help="Print one JSON object per file: file, dataset, metric, value "
-                           "(a fraction), count, skipped, skipped_reasons.")] = False,
+                           "(a fraction), count, skipped, skipped_reasons, empty_outputs, and "
+                           "'beside' (documented deviations, e.g. qa_accuracy_strict).")] = False,
         details: Annotated[bool, typer.Option(
             help="Add each metric's details (per-category values, unpenalised FENSE...).")
         ] = False,
@@ -124,9 +122,167 @@ def _register_evaluate(app: typer.Typer) -> None:
                 table.add_row(Path(r.file).name, r.dataset or "-", r.metric,
                               _format_value(r.metric, r.value), str(r.count), str(r.skipped))
             out.print(table)
+            for r in results:
+                for name, value in r.beside.items():
+                    out.print(f"{Path(r.file).name}: beside {r.metric}, {name} = "
+                              f"{_format_value(name, value)} (a documented deviation)",
+                              highlight=False, markup=False)
             if details:
                 for r in results:
                     out.print(f"[bold]{r.file}[/] {r.metric} details:", highlight=False)
                     out.print_json(json.dumps(r.details, default=str))
         if failed:
             raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------- benchmark
+def _parse_options(values: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for value in values or []:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {value!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = val
+    return options
+
+
+def _task_table() -> Any:
+    from rich.table import Table
+
+    table = Table(title="benchmark tasks", show_lines=False)
+    for col in ("task", "dataset_name", "metric", "table"):
+        table.add_column(col, no_wrap=True)  # names must stay whole to be copied
+    table.add_column("MiDashengLM prompt")
+    for task in T.TASKS.values():
+        prompt = task.prompts[T.MIDASHENGLM].text.replace("\n", "\\n")
+        table.add_row(task.name, task.dataset_name, task.metric,
+                      str(task.paper_table or "-"), prompt)
+    return table
+
+
+def _register_benchmark(app: typer.Typer) -> None:
+
+    @app.command("benchmark")
+    def benchmark(
+        task: Annotated[str, typer.Option(
+            "--task", "-t",
+            help="Benchmark task, e.g. librispeech-test-clean, nsynth, mmau, mecat-caption. "
+                 "'--task list' prints every task with its dataset, metric and prompt.")],
+        model: ModelOption = None,
+        data: Annotated[str | None, typer.Option(
+            "--data", "-d",
+            help="The dataset: its folder in the published layout (see docs/benchmarks.md), "
+                 "or a manifest file (.jsonl/.json/.csv/.tsv with an 'audio' column plus the "
+                 "reference fields).")] = None,
+        out: Annotated[Path | None, typer.Option(
+            help="Result file (official JSONL). Default: results/MODEL_DATASET.jsonl. An "
+                 "existing file is resumed: its items are skipped, new rows appended.")] = None,
+        limit: Annotated[int | None, typer.Option(
+            help="Only the first N items of the dataset (a later run without it completes "
+                 "the file).")] = None,
+        max_num_seqs: MaxNumSeqsOption = 32,
+        device: DeviceOption = "auto",
+        dtype: DtypeOption = "auto",
+        max_new_tokens: Annotated[int | None, typer.Option(
+            help="Longest answer in tokens. Default per task kind (ASR 440, captions 128, "
+                 "labels 32, ...).")] = None,
+        prompt_style: Annotated[str, typer.Option(
+            help="Whose published prompt to ask: midashenglm, qwen2.5-omni (with its system "
+                 "prompt) or kimi-audio.")] = T.MIDASHENGLM,
+        system_prompt: Annotated[str, typer.Option(
+            help="System prompt for the midashenglm prompt style ('' for none). Default: the "
+                 "official usage example's.")] = T.DEFAULT_SYSTEM_PROMPT,
+        model_name: Annotated[str | None, typer.Option(
+            help="model_name written to the rows. Default: the checkpoint folder's name.")] = None,
+        option: Annotated[list[str] | None, typer.Option(
+            "--option", "-o",
+            help="Loader option KEY=VALUE, e.g. split=test-other, subset=all, seed=1 "
+                 "(repeatable; see docs/benchmarks.md).")] = None,
+        retry_errors: Annotated[bool, typer.Option(
+            help="Run again the items recorded with an error.")] = False,
+        no_score: Annotated[bool, typer.Option(
+            "--no-score", help="Only write the result file.")] = False,
+    ) -> None:
+        """Run a model over a benchmark with the paper's prompt; write and score the results.
+
+        Reads a local copy of the dataset in its published layout (or a manifest), asks
+        the task's published prompt, appends one row per item to the official JSONL
+        result file (resumable: a rerun skips what is there; a clip that fails becomes a
+        row with an 'error' field) and prints the paper's metric.
+        """
+        from rich.console import Console
+
+        from midashenglm.evaluation.runner import make_engine, run_benchmark
+
+        console = Console()
+        if task.strip().lower() == "list":
+            # Wide enough for whole names and prompts, also when piped.
+            Console(width=max(console.width, 150)).print(_task_table())
+            return
+        if model is None or data is None:
+            raise UserError("--model and --data are required (or pass --task list)")
+        chosen = T.get_task(task)  # an unknown task or data path fails before the model loads
+        if not Path(data).expanduser().exists():
+            raise UserError(f"--data {data}: no such file or folder")
+        options = _parse_options(option)
+        with console.status(f"loading {model}"):
+            engine = make_engine(model, device=device, dtype=dtype, batch_size=max_num_seqs)
+        summary = run_benchmark(
+            model, chosen, data, engine=engine, out=out, limit=limit,
+            max_new_tokens=max_new_tokens, prompt_style=prompt_style,
+            system_prompt=system_prompt or None, model_name=model_name,
+            retry_errors=retry_errors, score=not no_score, loader_options=options,
+        )
+        console.print(f"wrote {summary.written} rows to {summary.out} "
+                      f"({summary.errors} errors, {summary.skipped} already there)",
+                      highlight=False)
+        for example in summary.error_examples:
+            console.print(f"  error: {example}", highlight=False, markup=False)
+        if summary.score is not None:
+            console.print(_format_score(summary.score), highlight=False, markup=False)
+        elif summary.score_error and not no_score:
+            console.print(f"not scored: {summary.score_error}", highlight=False, markup=False)
+
+
+def _format_score(score: Any) -> str:
+    value = getattr(score, "value", None)
+    metric = getattr(score, "metric", "?")
+    count = getattr(score, "count", "?")
+    shown = f"{100 * value:.2f}" if isinstance(value, int | float) else str(value)
+    return f"score: {metric} = {shown} (x100, {count} rows scored)"
+
+
+# ---------------------------------------------------------------------------- report
+def _register_report(app: typer.Typer) -> None:
+
+    @app.command("report")
+    def report(
+        results_dir: Annotated[Path, typer.Argument(
+            help="Folder of result files (*.jsonl in the official format, e.g. what "
+                 "'midashenglm benchmark' wrote).")],
+        out: Annotated[Path | None, typer.Option(
+            help="Markdown file to write. Default: RESULTS_DIR/report.md; the bar chart goes "
+                 "beside it as the same name with .png.")] = None,
+        device: Annotated[str, typer.Option(help="FENSE/DATE: torch device.")] = "cpu",
+        sbert_model: Annotated[str | None, typer.Option(
+            help="FENSE: Sentence-BERT folder or cached Hub name (default: "
+                 "paraphrase-TinyBERT-L6-v2).")] = None,
+        echecker: Annotated[str | None, typer.Option(
+            help="FENSE: fluency-error detector checkpoint; 'none' turns the penalty "
+                 "off.")] = None,
+    ) -> None:
+        """Score a folder of result files and compare them with the paper (markdown + chart).
+
+        Every *.jsonl is scored with its dataset's metric and shown beside the paper's
+        numbers (MiDashengLM and the Qwen2.5-Omni / Kimi-Audio baselines, tables 7-12),
+        with the metric's direction and the difference to the paper; a bar chart (PNG)
+        goes beside the markdown file.
+        """
+        from rich.console import Console
+
+        from midashenglm.evaluation.report import write_report
+
+        path, chart = write_report(results_dir, out, device=device, sbert_model=sbert_model,
+                                   echecker_model=echecker)
+        console = Console()
+        console.print(f"wrote {path}" + (f" and {chart}" if chart else ""), highlight=False)

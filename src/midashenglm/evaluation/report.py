@@ -12,9 +12,7 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from midashenglm.errors import UserError
 from midashenglm.evaluation import paper as P
@@ -22,6 +20,7 @@ from midashenglm.evaluation import paper as P
 _METRIC_FAMILY = {  # metric names of the scorer -> the paper's metric
     "wer": "wer", "cer": "cer", "fense": "fense", "map": "map", "mecat": "fense",
     "accuracy": "accuracy", "gender_accuracy": "accuracy", "qa_accuracy": "accuracy",
+    "qa_accuracy_strict": "accuracy", "muchomusic_accuracy": "accuracy",
 }
 
 
@@ -96,6 +95,13 @@ def rows_for_result(path: Path, result: Any) -> list[ReportRow]:
         # the fluency penalty: compare that, and show the penalised value beside it.
         notes.append(f"penalised FENSE {value:.2f}" if value is not None else "penalised FENSE n/a")
         value = _percent(details["similarity"])
+    if isinstance(details.get("task_mean"), int | float) and len(details.get("per_task", {})) > 1:
+        # MMAU's evaluation.py reports correct / all; the paper's Average is the task mean.
+        notes.append(f"mean of the task accuracies {_percent(details['task_mean']):.2f}")
+    for name, other in (getattr(result, "beside", None) or {}).items():
+        shown = _percent(other)
+        notes.append(f"{name} {'n/a' if shown is None else f'{shown:.2f}'} (a deviation, "
+                     "see docs/evaluation-metrics.md)")
     rows = [ReportRow(path.name, model, dataset, None, metric, value,
                       getattr(result, "count", None), P.paper_row(dataset), notes)]
     seen = {id(rows[0].paper)}
@@ -290,37 +296,3 @@ def write_report(folder: Path, out: Path | None = None,
     chart = bar_chart(rows, out.with_suffix(".png"))
     out.write_text(markdown(rows, failures, folder=folder, chart=chart), encoding="utf-8")
     return out, chart
-
-
-def register_commands(app: typer.Typer) -> None:
-    """Add ``report`` to the ``midashenglm`` command line."""
-
-    @app.command("report")
-    def report(
-        results_dir: Annotated[Path, typer.Argument(
-            help="Folder of result files (*.jsonl in the official format, e.g. what "
-                 "'midashenglm benchmark' wrote).")],
-        out: Annotated[Path | None, typer.Option(
-            help="Markdown file to write. Default: RESULTS_DIR/report.md; the bar chart goes "
-                 "beside it as the same name with .png.")] = None,
-        device: Annotated[str, typer.Option(help="FENSE/DATE: torch device.")] = "cpu",
-        sbert_model: Annotated[str | None, typer.Option(
-            help="FENSE: Sentence-BERT folder or cached Hub name (default: "
-                 "paraphrase-TinyBERT-L6-v2).")] = None,
-        echecker: Annotated[str | None, typer.Option(
-            help="FENSE: fluency-error detector checkpoint; 'none' turns the penalty "
-                 "off.")] = None,
-    ) -> None:
-        """Score a folder of result files and compare them with the paper (markdown + chart).
-
-        Every *.jsonl is scored with its dataset's metric and shown beside the paper's
-        numbers (MiDashengLM and the Qwen2.5-Omni / Kimi-Audio baselines, tables 7-12),
-        with the metric's direction and the difference to the paper; a bar chart (PNG)
-        goes beside the markdown file.
-        """
-        from rich.console import Console
-
-        path, chart = write_report(results_dir, out, device=device, sbert_model=sbert_model,
-                                   echecker_model=echecker)
-        console = Console()
-        console.print(f"wrote {path}" + (f" and {chart}" if chart else ""), highlight=False)

@@ -73,6 +73,11 @@ DATASET_LANGUAGES: tuple[tuple[str, str], ...] = (
 )
 
 
+# Metric -> documented deviations computed on the same rows and reported beside it
+# (``ScoreResult.beside``, the ``--json`` line, the report). See docs/evaluation-metrics.md.
+BESIDE: dict[str, tuple[str, ...]] = {"qa_accuracy": ("qa_accuracy_strict",)}
+
+
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -115,6 +120,8 @@ class ScoreResult:
     problems: list[Problem] = field(default_factory=list)
     # scored rows whose output was empty (counted as the official scripts count them)
     empty_outputs: list[Problem] = field(default_factory=list)
+    # metric name -> value of a documented deviation on the same rows (see BESIDE)
+    beside: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, *, details: bool = False) -> dict[str, Any]:
         """The ``--json`` line: value ``None`` when nothing could be scored."""
@@ -128,6 +135,8 @@ class ScoreResult:
             "skipped_reasons": self.skipped_reasons,
             "empty_outputs": len(self.empty_outputs),
         }
+        if self.beside:
+            out["beside"] = {k: None if math.isnan(v) else v for k, v in self.beside.items()}
         if details:
             out["details"] = self.details
         return out
@@ -168,6 +177,8 @@ def score_rows(
             good.append(data)
             lines.append(line)
     output = spec(good, **options)
+    beside = {name: float(get_metric(name)(good, **options).value)
+              for name in BESIDE.get(spec.name, ())}
     found.extend(Problem(file, lines[i], reason) for i, reason in output.skipped)
     found.sort(key=lambda p: p.line)
     reasons = Counter(_reason_kind(p.reason) for p in found)
@@ -181,6 +192,7 @@ def score_rows(
         skipped_reasons=dict(reasons),
         details=output.details,
         problems=found,
+        beside=beside,
     )
 
 

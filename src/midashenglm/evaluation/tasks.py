@@ -377,6 +377,23 @@ def finalize_item(task: Task, item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
+# Prompt styles whose closed-QA prompt asks for the option's letter.
+LETTER_ANSWER_STYLES = (MIDASHENGLM, KIMI)
+
+
+def scored_answer(item: dict[str, Any], style: str = MIDASHENGLM) -> str:
+    """The closed-QA answer in the form ``style``'s prompt asks for, as result rows store it.
+
+    The official string match (dasheng-lm ``compute_qa_acc.py``, MMAU ``evaluation.py``)
+    compares ``answer`` with the output as they are, so the row holds the letter when the
+    prompt asks for one (as the official MuChoMusic result file does) and the option text
+    when the prompt asks to choose among the listed options (Qwen2.5-Omni's). An answer
+    that maps to no option stays as the dataset gave it.
+    """
+    key = "answer_letter" if style in LETTER_ANSWER_STYLES else "answer_text"
+    return str(item.get(key, item.get("answer", "")))
+
+
 def _map_answer(item: dict[str, Any]) -> None:
     """Know a closed-QA answer both as its letter and as its option text.
 

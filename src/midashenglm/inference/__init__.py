@@ -13,11 +13,13 @@ _EXPORTS = {
     "Engine": "midashenglm.inference.engine",
     "Request": "midashenglm.inference.engine",
     "Result": "midashenglm.inference.engine",
+    "PreparedRequest": "midashenglm.inference.engine",
+    "EngineConfig": "midashenglm.inference.config",
     "SamplingParams": "midashenglm.inference.params",
     "LRUCache": "midashenglm.inference.cache",
 }
 
-__all__ = ["Engine", "LRUCache", "Request", "Result", "SamplingParams"]
+__all__ = ["Engine", "EngineConfig", "LRUCache", "PreparedRequest", "Request", "Result", "SamplingParams"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,5 +31,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from midashenglm.inference.cache import LRUCache
-    from midashenglm.inference.engine import Engine, Request, Result
+    from midashenglm.inference.config import EngineConfig
+    from midashenglm.inference.engine import Engine, PreparedRequest, Request, Result
     from midashenglm.inference.params import SamplingParams

@@ -1,9 +1,11 @@
 """Send audio questions to any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
-The audio is loaded with :func:`midashenglm.audio.load_audio` (any format the project
-reads, resampled to 16 kHz mono), re-encoded as 16-bit WAV with soundfile and sent as a
-base64 ``input_audio`` content part before the question, which is how vLLM's OpenAI
-server takes audio for MiDashengLM. Uses the official ``openai`` client.
+The messages are built by :func:`midashenglm.conversation.build_conversation`, as for
+local inference, so both paths send the same prompt. The audio is loaded with
+:func:`midashenglm.audio.load_audio` (any format the project reads, resampled to 16 kHz
+mono), re-encoded as 16-bit WAV with soundfile and sent as a base64 ``input_audio``
+content part in the audio part's place, which is how vLLM's OpenAI server takes audio for
+MiDashengLM. Uses the official ``openai`` client.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from midashenglm.audio import SAMPLE_RATE, load_audio
+from midashenglm.conversation import build_conversation
 from midashenglm.inference.params import SamplingParams
 
 
@@ -27,12 +30,27 @@ def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     return buffer.getvalue()
 
 
-def audio_message_content(wave: np.ndarray, prompt: str) -> list[dict[str, Any]]:
+def openai_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation in the official format (audio parts holding waveforms, e.g. from
+    :func:`~midashenglm.conversation.build_conversation`) as OpenAI chat messages: each
+    audio part becomes a base64 WAV ``input_audio`` part in the same place."""
+    messages = []
+    for message in conversation:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [_openai_part(part) for part in content]
+        messages.append({**message, "content": content})
+    return messages
+
+
+def _openai_part(part: dict[str, Any]) -> dict[str, Any]:
+    if part.get("type") != "audio":
+        return part
+    source = part["audio"] if part.get("audio") is not None else part["path"]
+    rate = part.get("sampling_rate")  # of an in-memory waveform; a file declares its own
+    wave = load_audio(source, source_sample_rate=rate) if rate else load_audio(source)
     data = base64.b64encode(wav_bytes(wave)).decode("ascii")
-    return [
-        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
-        {"type": "text", "text": prompt},
-    ]
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
 
 
 def api_base(url: str) -> str:
@@ -99,10 +117,8 @@ class EndpointClient:
         """Load ``audio`` (a path, bytes, array...), send it with ``prompt``, return the answer."""
         sampling = sampling or SamplingParams()
         wave = load_audio(audio)
-        messages: list[dict[str, Any]] = []
-        if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": audio_message_content(wave, prompt)})
+        messages = openai_messages(build_conversation(
+            wave, prompt, system_prompt=system_prompt, sampling_rate=SAMPLE_RATE))
         options: dict[str, Any] = {"max_tokens": sampling.max_new_tokens,
                                    "temperature": sampling.temperature}
         if sampling.temperature > 0:

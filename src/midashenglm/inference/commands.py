@@ -16,10 +16,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from midashenglm.cli_options import (
+    DeviceOption,
+    DtypeOption,
+    MaxBatchAudioOption,
+    MaxKVCacheOption,
+    MaxNumSeqsOption,
+    ModelOption,
+    engine_config,
+)
+from midashenglm.conversation import build_conversation
 from midashenglm.errors import UserError
 from midashenglm.progress import ProgressBar
 
 if TYPE_CHECKING:  # pragma: no cover
+    from midashenglm.inference.config import EngineConfig
     from midashenglm.inference.engine import Engine, Request, Result
     from midashenglm.inference.manifest import ManifestRow
     from midashenglm.inference.params import SamplingParams
@@ -29,21 +40,10 @@ TRANSCRIBE_PROMPT = "Transcribe the speech into text <|{lang}|>"
 # The system prompt of the official serving example.
 SYSTEM_PROMPT = "You are a helpful language and speech assistant."
 
-ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", envvar="MIDASHENGLM_MODEL", show_default=False,
-    help="Checkpoint folder or Hub id (also read from $MIDASHENGLM_MODEL).")]
-DeviceOption = Annotated[str, typer.Option(
-    help="cpu, cuda, cuda:1, mps, or auto (the first GPU, else the CPU).")]
-DtypeOption = Annotated[str, typer.Option(
-    help="auto (the checkpoint's), float32, bfloat16 or float16. The mel front end always runs in float32.")]
 MaxNewOption = Annotated[int, typer.Option(help="Most tokens to generate per answer.")]
 TemperatureOption = Annotated[float, typer.Option(help="0 decodes greedily (deterministic); > 0 samples.")]
 TopPOption = Annotated[float, typer.Option(help="Nucleus sampling: keep the most likely tokens up to this probability mass.")]
 SeedOption = Annotated[int | None, typer.Option(help="Seed for sampling (same seed, same answer).")]
-BatchAudioOption = Annotated[float, typer.Option(
-    help="Batch budget: at most this many seconds of distinct audio per batch. Bigger batches "
-    "raise throughput (clips per second), not the latency of one answer.")]
-BatchSizeOption = Annotated[int, typer.Option(help="Batch budget: at most this many requests per batch.")]
 SystemPromptOption = Annotated[str, typer.Option(
     help="System prompt ('' for none). Default: the official serving example's.")]
 JsonOption = Annotated[bool, typer.Option(
@@ -69,7 +69,7 @@ def caption(
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
     seed: SeedOption = None,
-    batch_audio_seconds: BatchAudioOption = 600.0,
+    max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
 ) -> None:
     """Caption audio files: what is heard (speech, sounds, music, the scene), one line per file."""
@@ -88,7 +88,7 @@ def ask(
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
     seed: SeedOption = None,
-    batch_audio_seconds: BatchAudioOption = 600.0,
+    max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
 ) -> None:
     """Ask questions about an audio file; prints one answer per question."""
@@ -106,7 +106,7 @@ def transcribe(
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
     seed: SeedOption = None,
-    batch_audio_seconds: BatchAudioOption = 600.0,
+    max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
 ) -> None:
     """Transcribe speech (the paper's ASR prompt with a language tag), one line per file."""
@@ -116,21 +116,21 @@ def transcribe(
 
 def _common(options: dict[str, Any]) -> dict[str, Any]:
     keys = ("model", "system_prompt", "device", "dtype", "max_new_tokens", "temperature", "top_p",
-            "seed", "batch_audio_seconds", "as_json")
+            "seed", "max_batch_audio_seconds", "as_json")
     return {k: options[k] for k in keys}
 
 
 def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | None,
             system_prompt: str, device: str, dtype: str, max_new_tokens: int, temperature: float,
-            top_p: float, seed: int | None, batch_audio_seconds: float, as_json: bool) -> None:
+            top_p: float, seed: int | None, max_batch_audio_seconds: float, as_json: bool) -> None:
     for path, _ in jobs:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
     sampling = _sampling(max_new_tokens, temperature, top_p, seed)
-    engine = _engine(model, device, dtype, batch_audio_seconds)
+    engine = _engine(model, device, dtype, engine_config(max_batch_audio_seconds=max_batch_audio_seconds))
     from midashenglm.inference.engine import Request
 
-    requests = [Request(_conversation(str(path), prompt, system_prompt), sampling, str(path))
+    requests = [Request(build_conversation(str(path), prompt, system_prompt=system_prompt), sampling, str(path))
                 for path, prompt in jobs]
     results = _with_progress(engine, requests, "answering")
     failed = 0
@@ -172,8 +172,9 @@ def run(
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
     seed: SeedOption = None,
-    batch_audio_seconds: BatchAudioOption = 600.0,
-    batch_size: BatchSizeOption = 32,
+    max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
+    max_num_seqs: MaxNumSeqsOption = 32,
+    max_kv_cache_tokens: MaxKVCacheOption = 32768,
     endpoint: Annotated[str | None, typer.Option(
         help="Send rows to an OpenAI-compatible server (e.g. vLLM: http://host:8000/v1) instead of "
         "running the model here.")] = None,
@@ -213,7 +214,8 @@ def run(
         if endpoint is not None:
             client = _endpoint_client(endpoint, api_key, served_model)
         else:
-            engine = _engine(model, device, dtype, batch_audio_seconds, max_batch_size=batch_size)
+            engine = _engine(model, device, dtype, engine_config(max_num_seqs, max_batch_audio_seconds,
+                                                                 max_kv_cache_tokens))
         with _RunProgress(len(todo)) as progress:
             try:
                 if endpoint is not None:
@@ -251,7 +253,7 @@ def _run_engine(rows: list[ManifestRow], writer: Any, progress: _RunProgress, *,
                 continue
             row_prompt, row_system = _row_prompts(row, prompt, system_prompt)
             in_flight[next(positions)] = row
-            yield Request(_conversation(str(row.audio_path), row_prompt, row_system), sampling,
+            yield Request(build_conversation(str(row.audio_path), row_prompt, system_prompt=row_system), sampling,
                           str(row.index))
 
     for index, result in engine.iter_results(requests()):
@@ -343,15 +345,6 @@ class _RunProgress:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _conversation(audio_path: str, prompt: str, system_prompt: str) -> list[dict[str, Any]]:
-    conversation: list[dict[str, Any]] = []
-    if system_prompt:
-        conversation.append({"role": "system", "content": system_prompt})
-    conversation.append({"role": "user", "content": [{"type": "audio", "path": audio_path},
-                                                     {"type": "text", "text": prompt}]})
-    return conversation
-
-
 def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> SamplingParams:
     from midashenglm.inference.params import SamplingParams
 
@@ -362,18 +355,15 @@ def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int |
         raise UserError(str(err)) from None
 
 
-def _engine(model: str | None, device: str, dtype: str, batch_audio_seconds: float,
-            max_batch_size: int = 32) -> Engine:
+def _engine(model: str | None, device: str, dtype: str, config: EngineConfig) -> Engine:
     if model is None:
         raise UserError("pass --model (a checkpoint folder or Hub id) or set MIDASHENGLM_MODEL")
     from midashenglm.inference.engine import Engine
 
     with _stderr().status(f"loading {model}"):
         try:
-            return Engine.from_pretrained(model, device=device, dtype=dtype,
-                                          max_batch_audio_seconds=batch_audio_seconds,
-                                          max_batch_size=max_batch_size)
-        except ValueError as err:  # bad budgets or dtype names
+            return Engine.from_pretrained(model, device=device, dtype=dtype, config=config)
+        except ValueError as err:  # bad dtype names
             raise UserError(str(err)) from None
 
 

@@ -83,8 +83,9 @@ class LogMelFrontend(nn.Module):
         self.center = center
         self.top_db = top_db
         # Plain attributes, not buffers: model.to(bf16) must never round them, and
-        # they are never written to or expected in a checkpoint.
-        self._window = torch.hann_window(win_length, device="cpu")
+        # they are never written to or expected in a checkpoint. The dtype is explicit:
+        # loading builds the model under a bf16/fp16 default dtype.
+        self._window = torch.hann_window(win_length, dtype=torch.float32, device="cpu")
         self._mel_fb = mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max)
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 

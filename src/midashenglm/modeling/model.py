@@ -7,6 +7,7 @@ Attribute names are the published checkpoint's key prefixes: ``audio_encoder``,
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +15,20 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from midashenglm.modeling.config import MiDashengLMConfig, decoder_config
 from midashenglm.modeling.encoder import DashengEncoder
+from midashenglm.modeling.geometry import num_audio_tokens
 from midashenglm.modeling.projector import AudioProjector
-from midashenglm.processing import num_audio_tokens
+from midashenglm.modeling.weights import (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    iter_tensors,
+    load_config,
+    load_state,
+    resolve_checkpoint,
+    resolve_dtype,
+    weight_files,
+    write_json_file,
+    write_weights,
+)
 
 
 class MiDashengLM(PreTrainedModel):
@@ -44,17 +57,89 @@ class MiDashengLM(PreTrainedModel):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> MiDashengLM:  # type: ignore[override]
-        """Load a checkpoint in the published layout (folder or Hub id). See ``checkpoint.load_pretrained``."""
-        from midashenglm.checkpoint import load_pretrained
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        dtype: str | torch.dtype | None = "auto",
+        device: str | torch.device = "cpu",
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
+    ) -> MiDashengLM:
+        """Load a checkpoint in the published layout (folder or Hub id).
 
-        return load_pretrained(path_or_id, **kwargs)
+        Every key is checked (missing, unexpected, wrong shape: one
+        :class:`~midashenglm.modeling.weights.CheckpointError` naming them all); the
+        weights are allocated once, in their final dtype and on their final device.
+        ``dtype="auto"`` uses the dtype stored in config.json; the log-mel front end
+        always runs in fp32 whatever the dtype.
+        """
+        folder = resolve_checkpoint(path_or_id, revision=revision, token=token, allow_pickle=allow_pickle)
+        config = load_config(folder)
+        files = weight_files(folder, allow_pickle=allow_pickle)
+        torch_dtype = resolve_dtype(dtype, config)
+        model = cls.build_empty(config, torch_dtype, device)
+        optional = model.tied_checkpoint_keys()
+        load_state(model, iter_tensors(files), source=str(folder), optional=optional)
+        if optional:
+            model.decoder.tie_weights()
+        if (folder / GENERATION_CONFIG_NAME).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        model.config.dtype = torch_dtype
+        model.name_or_path = str(path_or_id)
+        return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:  # type: ignore[override]
-        """Write the published layout (config.json, sharded safetensors + index, generation config)."""
-        from midashenglm.checkpoint import save_pretrained
+    @classmethod
+    def build_empty(
+        cls, config: MiDashengLMConfig, dtype: torch.dtype, device: str | torch.device
+    ) -> MiDashengLM:
+        """The model with uninitialised weights, allocated once in its final dtype and device."""
+        from transformers.initialization import no_init_weights
 
-        save_pretrained(self, directory, **kwargs)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with no_init_weights(), torch.device(device):
+                model = cls(config)
+        finally:
+            torch.set_default_dtype(previous)
+        return model
+
+    def tied_checkpoint_keys(self) -> set[str]:
+        """Keys that the files leave out because they share a tensor (a tied ``lm_head``)."""
+        if getattr(self.decoder.config, "tie_word_embeddings", False):
+            return {"decoder.lm_head.weight"}
+        return set()
+
+    def save_pretrained(  # type: ignore[override]
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str = "5GB",
+        dtype: torch.dtype | None = None,
+    ) -> Path:
+        """Write the published layout (config.json, safetensors shards + index, generation config).
+
+        What this writes loads back bit-identically; ``dtype`` casts the stored
+        floating-point tensors (and is recorded in config.json).
+        """
+        directory = Path(directory)
+        state = {k: v.detach() for k, v in self.state_dict().items()}
+        for key in self.tied_checkpoint_keys():
+            state.pop(key, None)
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.cpu().contiguous() for k, v in state.items()}
+        write_weights(state, directory, max_shard_size=max_shard_size)
+
+        config = self.config.to_dict()
+        stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+        config["dtype"] = str(stored).removeprefix("torch.")
+        config.pop("torch_dtype", None)
+        write_json_file(directory, CONFIG_NAME, config)
+        self.generation_config.save_pretrained(str(directory))
+        return directory
 
     # -------------------------------------------------------------- embeddings
     def get_input_embeddings(self) -> torch.nn.Module:
@@ -112,13 +197,7 @@ class MiDashengLM(PreTrainedModel):
                 )
             return embeds
         audio = torch.cat(self.encode_audio(input_values.to(embeds.device), audio_length))
-        if audio.shape[0] != num_slots:
-            raise ValueError(
-                f"the prompt holds {num_slots} audio placeholder token(s) but the "
-                f"{input_values.shape[0]} clip(s) give {audio.shape[0]} audio embeddings; "
-                "build inputs with MiDashengLMProcessor so the counts agree"
-            )
-        return embeds.masked_scatter(slots.unsqueeze(-1), audio.to(embeds.dtype))
+        return fill_audio_slots(embeds, input_ids, audio, self.config.audio_token_id)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -170,3 +249,31 @@ class MiDashengLM(PreTrainedModel):
         return self.decoder.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
         )
+
+
+def fill_audio_slots(
+    embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    audio: torch.Tensor,
+    audio_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Place audio embeddings in the ``<|AUDIO|>`` slots, in reading order.
+
+    ``embeds`` (batch, seq, hidden) token embeddings, ``input_ids`` (batch, seq), ``audio``
+    (slots, hidden) the clips' projected embeddings concatenated in prompt order; slots
+    under a zero ``attention_mask`` are padding and skipped. The one place where audio
+    enters the decoder's input (the model's forward/generate and the inference engine).
+    Raises ``ValueError`` when the number of slots and of audio embeddings differ.
+    """
+    slots = input_ids == audio_token_id
+    if attention_mask is not None:
+        slots = slots & attention_mask.bool()
+    num_slots = int(slots.sum())
+    if audio.shape[0] != num_slots:
+        raise ValueError(
+            f"the prompt holds {num_slots} audio placeholder token(s) but the clip(s) give "
+            f"{audio.shape[0]} audio embeddings; build inputs with MiDashengLMProcessor so "
+            "the counts agree"
+        )
+    return embeds.masked_scatter(slots.unsqueeze(-1), audio.to(embeds.dtype))

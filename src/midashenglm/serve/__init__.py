@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The environment variable that sets ``midashenglm serve --api-key``.
+API_KEY_ENV = "MIDASHENGLM_API_KEY"
+
 _EXPORTS = {
     "create_app": "midashenglm.serve.app",
     "ServeConfig": "midashenglm.serve.app",
     "AudioPolicy": "midashenglm.serve.audio_input",
 }
 
-__all__ = ["AudioPolicy", "ServeConfig", "create_app"]
+__all__ = ["API_KEY_ENV", "AudioPolicy", "ServeConfig", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

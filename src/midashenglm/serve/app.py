@@ -1,30 +1,38 @@
 """The FastAPI application: OpenAI-compatible chat completions over the batching engine.
 
 Request path
-    1. Admission: at most ``max_queue`` requests are held at once (reading, decoding,
+    1. Authentication: with an API key configured, every ``/v1`` route needs
+       ``Authorization: Bearer KEY`` (compared in constant time); 401 otherwise. ``/health``
+       and the web page stay open (the page asks for the key when ``/health`` says one is
+       required).
+    2. Admission: at most ``max_queue`` requests are held at once (reading, decoding,
        waiting or generating); one more gets 429 at once, before its body is read.
-    2. The body is read with a cap (Content-Length first, then a running count, since a
+    3. The body is read with a cap (Content-Length first, then a running count, since a
        chunked body has no length): 413 beyond ``max_body_bytes``.
-    3. JSON parsing, validation and audio decoding run in a worker thread, so a large
-       body never stalls the event loop; every error is a 400 naming the field or part.
-    4. The request goes to ``engine.submit``; the engine's worker batches whatever is
-       waiting. The handler awaits the result through ``asyncio.wrap_future``; streamed
+    4. In a worker thread, never on the event loop: JSON parsing, validation (model name,
+       parameters), audio decoding (once per clip, :mod:`~midashenglm.serve.audio_input`)
+       and ``engine.prepare`` (prompt ids, chat template, context window). Everything that
+       can be known before the first token is checked here, so a request that must be
+       refused gets the same status and error body whether it streams or not.
+    5. The prepared request goes to ``engine.submit``; the engine's worker batches whatever
+       is waiting. The handler awaits the result through ``asyncio.wrap_future``; streamed
        text travels from the worker thread through ``loop.call_soon_threadsafe`` into an
        ``asyncio.Queue`` and out as server-sent events.
-    5. ``request_timeout`` bounds the whole request (504). A timed-out request that is
-       still queued is cancelled; one already in a batch finishes there (the engine cannot
-       stop a single row), its output is dropped, and it keeps its admission slot until
-       then, so ``max_queue`` always bounds the work the engine really has.
+    6. Cancellation: a request that times out (``request_timeout``, 504) or whose client
+       disconnects (streaming or not) is aborted in the engine (``engine.abort``): a waiting
+       request leaves the queue, a running row leaves its batch at the next step. Its
+       admission slot is freed when the engine has let it go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +45,14 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from midashenglm.audio import AudioError
 from midashenglm.inference import Request as EngineRequest
 from midashenglm.inference import SamplingParams
-from midashenglm.serve import schemas
-from midashenglm.serve.audio_input import AudioPolicy, Conversation, build_conversation
+from midashenglm.serve import API_KEY_ENV, schemas
+from midashenglm.serve.audio_input import AudioPolicy, build_conversation
 from midashenglm.serve.errors import APIError, bad_request, error_body
 
 logger = logging.getLogger("midashenglm.serve")
@@ -56,7 +67,10 @@ _DONE = object()
 
 @dataclass
 class ServeConfig:
-    """Limits and names of one server. Sizes in bytes, times in seconds."""
+    """Limits and names of one server. Sizes in bytes, times in seconds.
+
+    ``api_key``: when set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``.
+    """
 
     served_model_name: str
     max_audio_seconds: float = 300.0
@@ -65,6 +79,7 @@ class ServeConfig:
     max_queue: int = 64
     request_timeout: float = 300.0
     allowed_audio_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         flags = {"max_audio_seconds": "--max-audio-seconds", "request_timeout": "--request-timeout",
@@ -76,6 +91,9 @@ class ServeConfig:
                 raise ValueError(f"{name} ({flag}) must be positive, got {value!r}")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
+        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
+            raise ValueError(f"the API key (--api-key / {API_KEY_ENV}) must not be empty or "
+                             "start or end with white space")
 
 
 class Admission:
@@ -97,9 +115,30 @@ class Admission:
 
 @dataclass
 class _Job:
+    """A request that passed every check: parsed, decoded and prepared for the engine."""
+
     request: schemas.ChatCompletionRequest
-    conversation: Conversation
-    sampling: SamplingParams
+    prepared: Any  # midashenglm.inference.PreparedRequest
+    request_id: str
+
+
+class _Live:
+    """A request inside the engine: its future, its stream (if any), and how to stop it."""
+
+    def __init__(self, engine: Any, request_id: str, future: Future, state: _StreamState | None) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.future = future
+        self.state = state
+        self.aborted = False
+
+    def abort(self) -> None:
+        """Stop the request in the engine unless it has finished (once; event loop)."""
+        if self.state is not None:
+            self.state.closed = True
+        if not self.aborted and not self.future.done():
+            self.aborted = True
+            self.engine.abort(self.request_id)
 
 
 def create_app(engine: Any, config: ServeConfig, *, close_engine: bool = False) -> FastAPI:
@@ -120,6 +159,8 @@ def create_app(engine: Any, config: ServeConfig, *, close_engine: bool = False) 
     api = _ChatAPI(engine, config)
     app.state.chat_api = api
     _install_error_handlers(app)
+    if config.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
 
     app.add_api_route("/v1/chat/completions", api.chat_completions, methods=["POST"],
                       response_model=None)
@@ -134,6 +175,35 @@ def create_app(engine: Any, config: ServeConfig, *, close_engine: bool = False) 
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class APIKeyMiddleware:
+    """401 for any ``/v1`` request without ``Authorization: Bearer <api_key>`` (as vLLM's
+    ``--api-key``); the key is compared in constant time. Other paths pass."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = api_key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (path == "/v1" or path.startswith("/v1/")) and not self.authorized(scope):
+            error = APIError(401, "missing or invalid API key: send the header "
+                                  "'Authorization: Bearer <key>'", code="invalid_api_key")
+            await error.response(headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def authorized(self, scope: Scope) -> bool:
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        # compare_digest takes as long for any wrong key of a given length as for the right one.
+        return hmac.compare_digest(given, self.expected)
 
 
 class _ChatAPI:
@@ -168,6 +238,7 @@ class _ChatAPI:
         return {
             "status": "ok",
             "model": c.served_model_name,
+            "api_key_required": c.api_key is not None,
             "in_flight": self.admission.held,
             "limits": {
                 "max_queue": c.max_queue,
@@ -187,38 +258,30 @@ class _ChatAPI:
                 429, f"the server is busy: {self.config.max_queue} requests are already queued "
                      "or running (--max-queue); retry later", code="queue_full")
         deadline = time.monotonic() + self.config.request_timeout
-        future: Future | None = None
+        live: _Live | None = None
         try:
             body = await _read_body(request, self.config.max_body_bytes)
+            # Every check that can fail before the first token happens here, before any
+            # response starts: a refused request is the same error streamed or not.
             job = await asyncio.wait_for(run_in_threadpool(self._prepare, body),
                                          deadline - time.monotonic())
-            stream = job.request.stream
-            state = _StreamState(asyncio.get_running_loop()) if stream else None
-            request_id = schemas.completion_id()
-            try:
-                future = self.engine.submit(
-                    EngineRequest(job.conversation.messages, job.sampling, request_id),
-                    on_text=state.on_text if state else None)
-            except RuntimeError as err:  # the engine was closed (shutting down)
-                raise APIError(503, f"the model is not available: {err}",
-                               code="engine_closed") from None
-            loop = asyncio.get_running_loop()
-            future.add_done_callback(lambda _: _call_soon(loop, self.admission.release))
-            if state is not None:
-                future.add_done_callback(lambda _: _call_soon(loop, state.finish))
-                return StreamingResponse(
-                    self._events(job, future, state, request_id, deadline),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            return await self._complete(job, future, request_id, deadline)
+            live = self._submit(job)
+            if job.request.stream:
+                return _EventStream(self._events(job, live, deadline), on_close=live.abort,
+                                    media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return await self._complete(job, live, request, deadline)
         except asyncio.TimeoutError:
             raise _timeout(self.config.request_timeout) from None
+        except ClientDisconnect:  # gone while sending the body: nobody to answer
+            return Response(status_code=499)
         finally:
-            if future is None:  # never reached the engine: the slot is free now
+            if live is None:  # never reached the engine: the slot is free now
                 self.admission.release()
 
     def _prepare(self, body: bytes) -> _Job:
-        """Parse, validate and decode (in a worker thread)."""
+        """Parse, validate, decode the audio once, and let the engine build and check the
+        prompt (in a worker thread). Raises :class:`APIError`."""
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -236,8 +299,21 @@ class _ChatAPI:
         if unsupported:
             raise bad_request(unsupported[1], param=unsupported[0], code="unsupported_parameter")
         sampling = self._sampling(req)
+        # The audio is decoded here, once per clip; the engine gets 16 kHz waveforms.
         conversation = build_conversation(req.messages, self.policy)
-        return _Job(req, conversation, sampling)
+        request_id = schemas.completion_id()
+        engine_request = EngineRequest(conversation.messages, sampling, request_id)
+        try:
+            prepared = self.engine.prepare(engine_request)
+        except AudioError as err:
+            raise bad_request(f"cannot use the audio: {err}", code="invalid_audio") from None
+        except (ValueError, TypeError) as err:
+            raise _prompt_error(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - e.g. a template engine failure
+            logger.exception("engine.prepare failed")
+            raise APIError(500, f"the model cannot take this request: {type(err).__name__}: {err}",
+                           code="engine_error") from None
+        return _Job(req, prepared, request_id)
 
     def _sampling(self, req: schemas.ChatCompletionRequest) -> SamplingParams:
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -257,14 +333,40 @@ class _ChatAPI:
         except ValueError as err:
             raise bad_request(str(err), code="invalid_sampling_parameter") from None
 
-    async def _complete(self, job: _Job, future: Future, request_id: str,
-                        deadline: float) -> Response:
-        # wait_for cancels the wrapped future on timeout, which drops a still-queued request.
-        result = await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic())
+    def _submit(self, job: _Job) -> _Live:
+        loop = asyncio.get_running_loop()
+        state = _StreamState(loop) if job.request.stream else None
+        try:
+            future = self.engine.submit(job.prepared, on_text=state.on_text if state else None)
+        except RuntimeError as err:  # the engine was closed (shutting down)
+            raise _engine_closed(str(err)) from None
+        # The slot is held until the engine lets the request go (also after an abort).
+        future.add_done_callback(lambda _: _call_soon(loop, self.admission.release))
+        if state is not None:
+            future.add_done_callback(lambda _: _call_soon(loop, state.finish))
+        return _Live(self.engine, job.request_id, future, state)
+
+    async def _complete(self, job: _Job, live: _Live, request: Request, deadline: float) -> Response:
+        result_of = asyncio.wrap_future(live.future)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({result_of, gone}, timeout=max(0.0, deadline - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not result_of.done():
+                live.abort()  # timed out, the client went away, or this handler was cancelled
+        if result_of not in done:
+            if gone in done:  # nobody is left to read an answer
+                return Response(status_code=499)
+            raise _timeout(self.config.request_timeout)
+        if live.future.cancelled():  # the engine was closed before it took the request
+            raise _engine_closed()
+        result = result_of.result()
         if result.error is not None:
             raise _engine_error(result.error)
         response = schemas.ChatCompletion(
-            id=request_id,
+            id=job.request_id,
             created=schemas.now(),
             model=self.config.served_model_name,
             choices=[schemas.Choice(message=schemas.AssistantMessage(content=result.text),
@@ -273,19 +375,21 @@ class _ChatAPI:
         )
         return JSONResponse(response.model_dump())
 
-    async def _events(self, job: _Job, future: Future, state: _StreamState, request_id: str,
-                      deadline: float) -> AsyncIterator[str]:
+    async def _events(self, job: _Job, live: _Live, deadline: float) -> AsyncIterator[str]:
         name, created = self.config.served_model_name, schemas.now()
+        include_usage = bool(job.request.stream_options and job.request.stream_options.include_usage)
+        state = live.state
+        assert state is not None
 
         def chunk(delta: schemas.Delta, finish: str | None = None,
                   usage: schemas.Usage | None = None, choices: bool = True) -> str:
             body = schemas.ChatCompletionChunk(
-                id=request_id, created=created, model=name, usage=usage,
+                id=job.request_id, created=created, model=name, usage=usage,
                 choices=[schemas.ChunkChoice(delta=delta, finish_reason=finish)] if choices else [])
             payload = body.model_dump()
             for choice in payload["choices"]:  # as OpenAI: a delta lists only what it carries
                 choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-            if usage is None:
+            if not include_usage:  # as OpenAI: "usage": null on every other chunk, else absent
                 del payload["usage"]
             return _sse(payload)
 
@@ -297,21 +401,39 @@ class _ChatAPI:
                     yield chunk(schemas.Delta(content=text))
                 if done:
                     break
-            result = future.result()
-            if result.error is not None:
-                err = _engine_error(result.error)
-                yield _sse(err.body())
+            result = None if live.future.cancelled() else live.future.result()
+            if result is None:  # the engine was closed before it took the request
+                yield _sse(_engine_closed().body())
+            elif result.error is not None:
+                yield _sse(_engine_error(result.error).body())
             else:
                 yield chunk(schemas.Delta(), finish=_finish(result.finish_reason))
-                if job.request.stream_options and job.request.stream_options.include_usage:
+                if include_usage:
                     yield chunk(schemas.Delta(), usage=_usage(result), choices=False)
         except asyncio.TimeoutError:
+            live.abort()
             yield _sse(_timeout(self.config.request_timeout).body())
         finally:
-            # Also on client disconnect: stop feeding the queue, drop the job if still queued.
-            state.closed = True
-            future.cancel()
+            # Also when the client disconnected (the stream is cancelled or closed here).
+            live.abort()
         yield "data: [DONE]\n\n"
+
+
+class _EventStream(StreamingResponse):
+    """A server-sent event stream that always calls ``on_close`` and closes its iterator
+    when the response ends, however it ends (finished, client gone, server stopping)."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 class _StreamState:
@@ -324,7 +446,8 @@ class _StreamState:
 
     def on_text(self, delta: str) -> None:  # engine worker thread
         if not self.closed:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server has stopped
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
 
     def finish(self) -> None:  # event loop, after the last on_text
         self.queue.put_nowait(_DONE)
@@ -360,6 +483,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(piece)
     return b"".join(chunks)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client has disconnected (the body has been read already)."""
+    try:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+    except Exception:  # noqa: BLE001 - a server that cannot tell: never report a disconnect
+        await asyncio.Event().wait()
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -403,6 +537,13 @@ def _usage(result: Any) -> schemas.Usage:
     )
 
 
+def _prompt_error(message: str) -> APIError:
+    """The engine refused the prompt (``engine.prepare``): too long, or not a chat prompt."""
+    if "context window" in message:
+        return bad_request(message, param="messages", code="context_length_exceeded")
+    return bad_request(message, code="invalid_prompt")
+
+
 def _engine_error(message: str) -> APIError:
     # The engine reports user problems (context window, template) as plain messages and
     # internal failures prefixed with their exception type ("RuntimeError: ...").
@@ -411,7 +552,11 @@ def _engine_error(message: str) -> APIError:
     if internal:
         logger.error("engine failure: %s", message)
         return APIError(500, f"the model failed on this request: {message}", code="engine_error")
-    return bad_request(message, code="invalid_prompt")
+    return _prompt_error(message)
+
+
+def _engine_closed(why: str = "the engine was closed") -> APIError:
+    return APIError(503, f"the model is not available: {why}", code="engine_closed")
 
 
 def _timeout(seconds: float) -> APIError:

@@ -17,6 +17,10 @@ Audio comes in two kinds of content part:
 Every error names the content part (``messages[0].content[1]``). The duration limit
 counts all the audio of a request together; long files are rejected from their header
 where it declares the length, before decoding.
+
+Each clip is decoded here exactly once; the conversation handed to the engine holds the
+16 kHz float32 waveform (:func:`midashenglm.conversation.audio_part`), which the engine
+takes as it is instead of decoding again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from midashenglm.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
+from midashenglm.conversation import audio_part
 from midashenglm.serve.errors import APIError, bad_request
 from midashenglm.serve.schemas import PART_MODELS, ChatMessage
 
@@ -65,7 +70,8 @@ def allowed_dirs(folders: list[str] | tuple[str, ...] | None) -> tuple[Path, ...
 
 @dataclass
 class Conversation:
-    """An engine conversation (audio parts hold 16 kHz waveforms) and its audio length."""
+    """An engine conversation (official message format; each audio part holds its decoded
+    waveform at the model's rate and says so in ``sampling_rate``) and its audio length."""
 
     messages: list[dict[str, Any]]
     audio_seconds: float = 0.0
@@ -105,7 +111,7 @@ def _convert_part(part: dict[str, Any], where: str, policy: AudioPolicy,
         wave = _load_url(parsed.audio_url.url, where, policy, out)  # type: ignore[attr-defined]
     out.clips += 1
     out.audio_seconds += len(wave) / policy.sample_rate
-    return {"type": "audio", "audio": wave}
+    return audio_part(wave, sampling_rate=policy.sample_rate)
 
 
 def _validate(model: type[BaseModel], part: dict[str, Any], where: str) -> BaseModel:

@@ -8,25 +8,42 @@ from typing import Annotated
 
 import typer
 
+from midashenglm.cli_options import (
+    DeviceOption,
+    DtypeOption,
+    MaxBatchAudioOption,
+    MaxKVCacheOption,
+    MaxNumSeqsOption,
+    engine_config,
+)
 from midashenglm.errors import UserError
+from midashenglm.inference.config import EngineConfig
+from midashenglm.serve import API_KEY_ENV
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
+_ENGINE_DEFAULTS = EngineConfig()
+
+
 def serve(
     model: Annotated[str, typer.Option("--model", help="Checkpoint folder (or a Hub id in the local cache).")],
-    host: Annotated[str, typer.Option(help="Address to listen on. The API has no authentication: "
-                                           "keep the default loopback address unless a proxy "
-                                           "in front of it checks who calls.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on. Without --api-key the API has "
+                                           "no authentication: keep the default loopback address "
+                                           "unless a proxy in front of it checks who calls.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     served_model_name: Annotated[str | None, typer.Option(
         help="The name clients pass as `model` and see in responses. Default: the checkpoint "
              "folder name (or the Hub id).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps ...")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (as stored), float32, bfloat16 or float16. "
-                                            "The audio front end always runs in float32.")] = "auto",
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar=API_KEY_ENV, show_default=False, show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every /v1 route (401 otherwise); /health "
+             "and the web page stay open (the page asks for the key). Prefer the environment "
+             "variable: a command line is visible to other users of the machine.")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     allow_audio_dir: Annotated[list[Path] | None, typer.Option(
         "--allow-audio-dir",
         help="Let `audio_url` parts read files (file:// URLs or absolute paths) inside this "
@@ -45,14 +62,11 @@ def serve(
         help="Most requests held at once (being read, queued or generating); one more gets "
              "429. Bounds memory and wait time.")] = 64,
     request_timeout: Annotated[float, typer.Option(
-        help="Seconds a request may take in all, queueing included (504 beyond).")] = 300.0,
-    max_batch_size: Annotated[int, typer.Option(
-        help="Most requests the engine decodes together. Bigger batches raise throughput, "
-             "not single-request latency.")] = 32,
-    max_batch_audio_seconds: Annotated[float, typer.Option(
-        help="Most seconds of distinct audio encoded in one batch.")] = 600.0,
-    max_batch_tokens: Annotated[int, typer.Option(
-        help="KV-cache budget of one batch: rows x (longest prompt + longest answer).")] = 32768,
+        help="Seconds a request may take in all, queueing included (504 beyond; the request "
+             "is aborted in the engine).")] = 300.0,
+    max_num_seqs: MaxNumSeqsOption = _ENGINE_DEFAULTS.max_num_seqs,
+    max_batch_audio_seconds: MaxBatchAudioOption = _ENGINE_DEFAULTS.max_batch_audio_seconds,
+    max_kv_cache_tokens: MaxKVCacheOption = _ENGINE_DEFAULTS.max_kv_cache_tokens,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, "
                                                 "info, debug.")] = "info",
 ) -> None:
@@ -60,8 +74,9 @@ def serve(
 
     API: POST /v1/chat/completions with input_audio parts (base64 audio), streaming or
     not; GET /v1/models; GET /health. The page at / uploads or records a clip, draws it
-    and streams the answer. Concurrent requests are batched by the engine. Try it with the `openai` client:
-    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").
+    and streams the answer. Concurrent requests are batched by the engine; the engine
+    options are EngineConfig's fields. Try it with the `openai` client:
+    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none") (or the --api-key).
     """
     import uvicorn
     from rich.console import Console
@@ -71,30 +86,35 @@ def serve(
 
     console = Console(stderr=True)
     # Check every option before the (possibly long) model load.
-    config = ServeConfig(
-        served_model_name=served_model_name or _default_name(model),
-        max_audio_seconds=max_audio_seconds,
-        max_tokens_limit=max_tokens_limit,
-        max_body_bytes=int(max_body_mb * 2**20),
-        max_queue=max_queue,
-        request_timeout=request_timeout,
-        allowed_audio_dirs=allowed_dirs([str(d) for d in allow_audio_dir or ()]),
-    )
+    try:
+        config = ServeConfig(
+            served_model_name=served_model_name or _default_name(model),
+            max_audio_seconds=max_audio_seconds,
+            max_tokens_limit=max_tokens_limit,
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+            allowed_audio_dirs=allowed_dirs([str(d) for d in allow_audio_dir or ()]),
+            api_key=api_key if api_key else None,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    budgets = engine_config(max_num_seqs, max_batch_audio_seconds, max_kv_cache_tokens)
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise UserError(f"--log-level {log_level!r}: choose critical, error, warning, info or debug")
-    if not _is_loopback(host):
-        console.print(f"[yellow]warning:[/] listening on {host}: the API has no authentication")
+    if not _is_loopback(host) and config.api_key is None:
+        console.print(f"[yellow]warning:[/] listening on {host}: the API has no authentication "
+                      f"(set --api-key or ${API_KEY_ENV})")
 
     from midashenglm.inference import Engine
 
     with console.status(f"loading {model}"):
-        engine = Engine.from_pretrained(
-            model, device=device, dtype=dtype, max_batch_size=max_batch_size,
-            max_batch_audio_seconds=max_batch_audio_seconds, max_batch_tokens=max_batch_tokens)
+        engine = Engine.from_pretrained(model, device=device, dtype=dtype, config=budgets)
     app = create_app(engine, config, close_engine=True)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"serving [bold]{config.served_model_name}[/] at http://{shown}:{port}/ "
-                  f"(API: http://{shown}:{port}/v1)", highlight=False)
+                  f"(API: http://{shown}:{port}/v1"
+                  f"{', API key required' if config.api_key else ''})", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 

@@ -61,13 +61,18 @@ def check_label(row: dict[str, Any]) -> str | None:
 
 
 def check_closed_qa(row: dict[str, Any]) -> str | None:
-    error = _field_error(row, "answer", allow_list=False)
+    # Whatever the official compute_qa_acc.py scores: a string answer (an empty one too),
+    # choices as a list of strings (empty or null: no choices; a string, as there, is
+    # iterated character by character).
+    error = _field_error(row, "answer", allow_list=False, non_empty=False)
     if error:
         return error
     if "choices" not in row:
         return "missing field 'choices'"
-    if not _is_str_list(row["choices"]):
-        return "'choices' is not a non-empty list of strings"
+    choices = row["choices"]
+    if not (choices is None or isinstance(choices, str) or (
+            isinstance(choices, list) and all(isinstance(c, str) for c in choices))):
+        return "'choices' is not a list of strings"
     return None
 
 

@@ -11,23 +11,79 @@ const ui = {
   maxTokens: $("max-tokens"), temperature: $("temperature"),
   ask: $("ask"), stop: $("stop"), answer: $("answer"), status: $("status"),
   modelName: $("model-name"),
+  keyCard: $("key-card"), keyForm: $("key-form"), keyInput: $("api-key"), keyStatus: $("key-status"),
 };
 
-const state = { model: null, limits: null, clip: null, recorder: null, controller: null };
+const state = { model: null, limits: null, keyRequired: false, clip: null, recorder: null, controller: null };
 const ANALYSIS_RATE = 16000; // the model's rate; the spectrogram shows 0..8 kHz
+const KEY_STORAGE = "midashenglm-api-key"; // sessionStorage: this tab only, gone when it closes
+
+// ------------------------------------------------------------------ API key
+function apiKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch (err) {
+    return state.memoryKey || ""; // storage disabled: keep it for this page only
+  }
+}
+
+function storeKey(key) {
+  state.memoryKey = key;
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch (err) { /* storage disabled: the in-memory copy serves */ }
+}
+
+function authHeaders(headers = {}) {
+  const key = apiKey();
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+function askForKey(message) {
+  ui.keyCard.hidden = false;
+  ui.keyStatus.textContent = message || "";
+  ui.keyStatus.classList.toggle("error", Boolean(message));
+  ui.modelName.textContent = "API key needed";
+  ui.keyInput.focus();
+}
+
+ui.keyForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = ui.keyInput.value.trim();
+  if (!key) return;
+  storeKey(key);
+  ui.keyInput.value = "";
+  ui.keyStatus.textContent = "Checking the key…";
+  ui.keyStatus.classList.remove("error");
+  loadServerInfo();
+});
 
 // ------------------------------------------------------------------ server info
 async function loadServerInfo() {
   try {
-    const [models, health] = await Promise.all([
-      fetch("/v1/models").then((r) => r.json()),
-      fetch("/health").then((r) => r.json()),
-    ]);
-    state.model = models.data[0].id;
+    // /health is open: it says whether the /v1 routes need a key.
+    const health = await fetch("/health").then((r) => r.json());
     state.limits = health.limits;
-    ui.modelName.textContent = state.model;
+    state.keyRequired = Boolean(health.api_key_required);
     ui.maxTokens.max = String(state.limits.max_tokens);
     ui.maxTokens.value = String(Math.min(Number(ui.maxTokens.value), state.limits.max_tokens));
+    if (state.keyRequired && !apiKey()) {
+      askForKey("");
+      return;
+    }
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    if (response.status === 401) {
+      storeKey("");
+      askForKey("The server did not accept this key; enter it again.");
+      return;
+    }
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const models = await response.json();
+    state.model = models.data[0].id;
+    ui.modelName.textContent = state.model;
+    ui.keyCard.hidden = true;
+    ui.keyStatus.textContent = "";
   } catch (err) {
     ui.modelName.textContent = "unavailable";
     setStatus(`Cannot reach the server: ${err.message}`, true);
@@ -298,6 +354,10 @@ ui.stop.addEventListener("click", () => state.controller && state.controller.abo
 
 ui.form.addEventListener("submit", async (e) => {
   e.preventDefault();
+  if (state.keyRequired && !apiKey()) {
+    askForKey("Enter the API key first.");
+    return;
+  }
   const question = ui.question.value.trim();
   if (!question) {
     setStatus("Type a question first.", true);
@@ -348,10 +408,14 @@ async function streamAnswer(body) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: authHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify(body),
       signal: state.controller.signal,
     });
+    if (response.status === 401) {
+      storeKey("");
+      askForKey("The server did not accept this key; enter it again.");
+    }
     if (!response.ok) {
       const detail = await response.json().catch(() => null);
       throw new Error(detail && detail.error ? detail.error.message : `HTTP ${response.status}`);

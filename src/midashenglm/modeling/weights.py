@@ -1,0 +1,270 @@
+"""Checkpoint files, below the model: paths, JSON, shards, key mapping, checks (SYSTEM.md section 5).
+
+A checkpoint folder holds ``config.json``, ``model.safetensors`` or
+``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``,
+``generation_config.json`` and the tokenizer files. Keys are
+``audio_encoder.*``, ``audio_projector.net.{0,2}.*``, ``decoder.model.*`` and
+``decoder.lm_head.weight``. Variants accepted on load:
+
+* ``audio_encoder.init_bn.1.*`` (Dasheng wraps its BatchNorm in a Sequential);
+* stored front-end constants (``audio_encoder.front_end.0.*``), ignored because
+  the front end is recomputed from its formula;
+* ``model_type`` "miaudiollm" (early uploads);
+* a tied ``lm_head`` absent from the files (the model decides which keys are tied).
+
+This module knows files and tensors, not the model: it imports only
+:mod:`midashenglm.modeling.config` (inside :func:`load_config`), so the model
+(:meth:`MiDashengLM.from_pretrained`), the processor (:func:`read_json_file`) and
+the command line build on it without importing each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from midashenglm.modeling.config import MiDashengLMConfig
+
+CONFIG_NAME = "config.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
+PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+ACCEPTED_MODEL_TYPES = ("midashenglm", "miaudiollm")
+
+_IGNORED_KEYS = re.compile(r"(^|\.)front_end\.0\.(mel_scale\.fb|spectrogram\.window)$")
+_KEY_RENAMES = [(re.compile(r"(^|\.)init_bn\.1\."), r"\1init_bn.")]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not fit the model: names what is wrong and where."""
+
+
+# ---------------------------------------------------------------------------- paths
+def resolve_checkpoint(
+    path_or_id: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    allow_pickle: bool = False,
+) -> Path:
+    """A local folder for ``path_or_id``: itself if it exists, else a Hub snapshot."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a checkpoint folder, found a file")
+    if str(path_or_id).startswith((".", "/", "~")) or os.sep + os.sep in str(path_or_id):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = _HUB_PATTERNS + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(
+            snapshot_download(
+                str(path_or_id), revision=revision, token=token, allow_patterns=patterns
+            )
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path_or_id}: not a local folder, and the Hub download failed ({err}). "
+            "Offline? Download it once (huggingface-cli download ID) or pass a folder."
+        ) from None
+
+
+def read_json_file(path_or_id: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """A JSON file of a local checkpoint folder, or None (Hub ids: from the local cache)."""
+    path = Path(path_or_id).expanduser()
+    if not path.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(path_or_id), name)
+        except Exception:  # an id the cache does not know: nothing to read
+            return None
+        path = Path(cached).parent if isinstance(cached, str) else None
+        if path is None:
+            return None
+    file = path / name
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+# ----------------------------------------------------------------------------- config
+def load_config(folder: Path) -> MiDashengLMConfig:
+    """``config.json`` of a checkpoint folder as a :class:`MiDashengLMConfig`, checked."""
+    from midashenglm.modeling.config import MiDashengLMConfig
+
+    data = read_json_file(folder, CONFIG_NAME)
+    if data is None:
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME}")
+    model_type = data.get("model_type")
+    if model_type not in ACCEPTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: model_type {model_type!r} is not a MiDashengLM "
+            f"checkpoint (expected one of {ACCEPTED_MODEL_TYPES})"
+        )
+    data = {k: v for k, v in data.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    try:
+        return MiDashengLMConfig(**data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {err}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, config: Any = None) -> torch.dtype:
+    """A torch dtype from a name (``"bfloat16"``, ``"torch.float16"``) or a dtype.
+
+    ``"auto"`` means the dtype stored in ``config`` (``dtype`` or ``torch_dtype``),
+    float32 when it stores none; ``None`` means float32.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if dtype is None or stored is None:
+            return torch.float32
+        dtype = stored
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
+    return value
+
+
+# ---------------------------------------------------------------------- reading tensors
+def weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """The weight files of a checkpoint folder, safetensors preferred."""
+    for index_name, single in ((SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME), (PICKLE_INDEX_NAME, PICKLE_WEIGHTS_NAME)):
+        pickled = index_name == PICKLE_INDEX_NAME
+        index = folder / index_name
+        files: list[Path] = []
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            files = [folder / f for f in sorted(set(weight_map.values()))]
+            absent = [f.name for f in files if not f.is_file()]
+            if absent:
+                raise CheckpointError(f"{index}: shard(s) missing: {', '.join(absent)}")
+        elif (folder / single).is_file():
+            files = [folder / single]
+        if files and pickled and not allow_pickle:
+            raise CheckpointError(
+                f"{folder}: only pickle weights ({files[0].name}) found. Pickle files can run "
+                "code when loaded; pass allow_pickle=True if you trust them, or convert them "
+                "to safetensors."
+            )
+        if files:
+            return files
+    raise CheckpointError(f"{folder}: no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} found")
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) over every shard, one shard in memory at a time."""
+    from safetensors import safe_open
+
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt", device="cpu") as shard:
+                for key in shard.keys():  # noqa: SIM118 - safe_open is not a dict
+                    yield key, shard.get_tensor(key)
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            yield from state.items()
+
+
+def normalize_key(key: str) -> str | None:
+    """The model's name for a stored key, or None for keys that are recomputed."""
+    if _IGNORED_KEYS.search(key):
+        return None
+    for pattern, replacement in _KEY_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def load_state(
+    module: torch.nn.Module,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    *,
+    source: str,
+    prefix: str = "",
+    optional: set[str] | None = None,
+) -> None:
+    """Copy tensors into ``module`` (keys without ``prefix``), checking every name and shape."""
+    own = dict(module.state_dict(keep_vars=True))
+    seen: set[str] = set()
+    unexpected, mismatched = [], []
+    for raw_key, tensor in tensors:
+        key = normalize_key(raw_key)
+        if key is None:
+            continue
+        if prefix:
+            if not key.startswith(prefix):
+                unexpected.append(raw_key)
+                continue
+            key = key[len(prefix) :]
+        target = own.get(key)
+        if target is None:
+            unexpected.append(raw_key)
+            continue
+        if tuple(target.shape) != tuple(tensor.shape):
+            mismatched.append(f"{raw_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
+            seen.add(key)  # present, only the wrong shape: reported once, as a mismatch
+            continue
+        with torch.no_grad():
+            target.copy_(tensor.to(dtype=target.dtype))
+        seen.add(key)
+    missing = [k for k in own if k not in seen and k not in (optional or set())]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_mismatch_report(source, missing, unexpected, mismatched))
+
+
+def _mismatch_report(source: str, missing: list, unexpected: list, mismatched: list) -> str:
+    lines = [f"{source} does not fit the model:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            shown = "\n    ".join(items[:12])
+            more = f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
+            lines.append(f"  {len(items)} {title}:\n    {shown}{more}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- writing tensors
+def write_weights(
+    state: Mapping[str, torch.Tensor],
+    directory: Path,
+    *,
+    max_shard_size: int | str = "5GB",
+) -> None:
+    """Write ``state`` as ``model.safetensors`` or shards + index, replacing older weight files.
+
+    Tensors are written as given (detach, move and cast them first).
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in list(directory.glob("model*.safetensors")) + [directory / SAFE_INDEX_NAME]:
+        stale.unlink(missing_ok=True)
+    split = split_torch_state_dict_into_shards(
+        dict(state), max_shard_size=max_shard_size, filename_pattern="model{suffix}.safetensors"
+    )
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, str(directory / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": split.metadata["total_size"]}, "weight_map": split.tensor_to_filename}
+        (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def write_json_file(directory: Path, name: str, data: Mapping[str, Any]) -> None:
+    """``name`` in ``directory``: indented, sorted keys, a final newline."""
+    (directory / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

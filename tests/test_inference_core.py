@@ -1,0 +1,225 @@
+"""The engine's parts: scheduler (no tensors), abort, prepare, stop strings across tokens,
+and one audio decode per clip per request."""
+
+from __future__ import annotations
+
+import ast
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import midashenglm.audio as audio_module
+from midashenglm.conversation import build_conversation
+from midashenglm.inference import Engine, EngineConfig, Request, SamplingParams
+from midashenglm.inference.request import Clip, PreparedRequest
+from midashenglm.inference.scheduler import Scheduler
+from tests.conftest import REPO, clip
+
+CAPTION = "Write an audio caption describing the sound"
+
+
+def prepared(ids: int, max_new: int, seconds: float = 1.0, key: str = "a", rid: str | None = None) -> PreparedRequest:
+    return PreparedRequest(0, Request([], request_id=rid), [1] * ids, [Clip(key, None, 5, seconds)],
+                           prefix_len=ids - 1, max_new=max_new, t_start=0.0)
+
+
+# ------------------------------------------------------------------ scheduler
+def test_scheduler_imports_no_tensor_library():
+    tree = ast.parse((REPO / "src/midashenglm/inference/scheduler.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"torch", "numpy"}
+
+
+def test_scheduler_budgets_rows_audio_and_kv_slots():
+    config = EngineConfig(max_num_seqs=3, max_kv_cache_tokens=2 * (100 + 20), max_batch_audio_seconds=25.0)
+    scheduler = Scheduler(config)
+    reqs = [prepared(100, 20, 10.0, key=str(i)) for i in range(5)]
+    scheduler.add_requests(reqs)
+    plan = scheduler.schedule(kv_width=0)
+    # 10 s + 10 s fit 25 s of audio; the third clip would make 30 s.
+    assert plan.scheduled_new_reqs == reqs[:2] and not plan.decode
+    assert scheduler.running == reqs[:2] and list(scheduler.waiting) == reqs[2:]
+    # A running batch 110 wide: 2 rows x (110 + 20) > 240 KV slots, so nothing joins.
+    scheduler.finish([reqs[0]])
+    assert scheduler.schedule(kv_width=110).scheduled_new_reqs == []
+    plan = scheduler.schedule(kv_width=100)
+    assert plan.scheduled_new_reqs == [reqs[2]] and plan.decode and plan.joins_running_batch
+
+
+def test_scheduler_shares_audio_seconds_of_one_clip_and_takes_an_oversized_request_alone():
+    scheduler = Scheduler(EngineConfig(max_batch_audio_seconds=15.0, max_kv_cache_tokens=50))
+    same = [prepared(10, 5, 10.0, key="clip") for _ in range(3)]
+    scheduler.add_requests(same)
+    assert scheduler.schedule(0).scheduled_new_reqs == same  # one distinct clip: 10 s
+    huge = prepared(400, 5, 30.0, key="huge")
+    lone = Scheduler(EngineConfig(max_batch_audio_seconds=15.0, max_kv_cache_tokens=50))
+    lone.add_requests([huge, prepared(10, 5)])
+    assert lone.schedule(0).scheduled_new_reqs == [huge]  # over every budget, yet alone it runs
+
+
+def test_scheduler_preempts_to_the_front_to_run_alone_and_aborts():
+    scheduler = Scheduler(EngineConfig())
+    a, b, c = prepared(10, 5, rid="a"), prepared(10, 5, rid="b"), prepared(10, 5, rid="c")
+    scheduler.add_requests([a, b, c])
+    assert scheduler.schedule(0).scheduled_new_reqs == [a, b, c]
+    a.num_output_tokens = 3
+    scheduler.preempt([a, b])
+    assert list(scheduler.waiting) == [a, b] and a.solo and a.num_output_tokens == 0
+    assert scheduler.schedule(10).scheduled_new_reqs == []  # c runs; preempted ones wait to run alone
+    scheduler.finish([c])
+    assert scheduler.schedule(0).scheduled_new_reqs == [a]
+    waiting, running = scheduler.abort({"a", "b"})
+    assert waiting == [b] and running == [a] and not scheduler.has_unfinished_requests()
+
+
+def test_engine_config_is_validated_and_overrides_name_fields(tiny_model, processor):
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        EngineConfig(max_num_seqs=0)
+    with pytest.raises(TypeError, match="max_batch_size"):
+        Engine(tiny_model, processor, max_batch_size=2)
+    engine = Engine(tiny_model, processor, EngineConfig(max_num_seqs=4), prefix_cache_items=0)
+    assert engine.config == EngineConfig(max_num_seqs=4, prefix_cache_items=0)
+
+
+# ------------------------------------------------------------- prepare, abort
+def test_prepare_refuses_before_anything_is_queued(tiny_model, processor):
+    engine = Engine(tiny_model, processor)
+    engine.context_window = 60
+    with pytest.raises(ValueError, match="context window is 60 tokens"):
+        engine.prepare(Request(build_conversation(clip(35.0), CAPTION)))
+    with pytest.raises(ValueError, match="no audio samples"):
+        engine.prepare(Request(build_conversation(np.zeros(0, np.float32), CAPTION)))
+    ok = engine.prepare(Request(build_conversation(clip(1.0), CAPTION), SamplingParams(max_new_tokens=4)))
+    assert engine.stats["requests"] == 0  # nothing ran
+    with engine:
+        result = engine.submit(ok).result(timeout=60)
+    assert result.ok and result.prompt_tokens == len(ok.ids)
+
+
+def test_abort_stops_a_running_row_and_drops_a_waiting_request(tiny_model, processor):
+    engine = Engine(tiny_model, processor, max_num_seqs=1)
+    aborted = threading.Event()
+
+    def on_text(_piece: str) -> None:
+        if not aborted.is_set():
+            aborted.set()
+            engine.abort("running")
+            engine.abort("waiting")
+
+    with engine:
+        running = engine.submit(Request(build_conversation(clip(1.0), CAPTION),
+                                        SamplingParams(max_new_tokens=200, ignore_eos=True), "running"),
+                                on_text=on_text)
+        waiting = engine.submit(Request(build_conversation(clip(2.0, seed=1), CAPTION),
+                                        SamplingParams(max_new_tokens=8), "waiting"))
+        first, second = running.result(timeout=120), waiting.result(timeout=120)
+    assert aborted.is_set()
+    assert first.finish_reason == "abort" and 0 < first.completion_tokens < 200 and first.error is None
+    assert second.finish_reason == "abort" and second.completion_tokens == 0
+    assert engine.stats["aborted"] == 2
+
+
+# ------------------------------------------------------------- stop strings
+def _stops_across_and_inside_tokens(engine, full):
+    """A stop string spanning two tokens, and one strictly inside one token (plain ASCII,
+    each found first where it was taken), with their character offsets."""
+    decode = engine.tokenizer.decode
+    texts = [decode(full.token_ids[:k], skip_special_tokens=True) for k in range(len(full.token_ids) + 1)]
+    spanning = inside = None
+    for k in range(2, len(texts) - 2):
+        before, this, after = texts[k], texts[k + 1], texts[k + 2]
+        if not (this.startswith(before) and after.startswith(this)):
+            continue  # a token that ends inside a character
+        piece, following = this[len(before):], after[len(this):]
+        if not (piece + following).isascii() or not (piece + following).isprintable():
+            continue
+        candidate = piece[-1:] + following[:1]
+        if spanning is None and len(candidate) == 2 and full.text.find(candidate) == len(this) - 1:
+            spanning = (candidate, len(this) - 1)
+        if inside is None and len(piece) >= 3 and full.text.find(piece[1:-1]) == len(before) + 1:
+            inside = (piece[1:-1], len(before) + 1)
+    return spanning, inside
+
+
+def test_stop_strings_across_and_inside_tokens_are_held_back_when_streaming(tiny_model, processor):
+    engine = Engine(tiny_model, processor)
+    conv = build_conversation(clip(2.5, seed=1), CAPTION)
+    full = engine.generate([Request(conv, SamplingParams(max_new_tokens=40, ignore_eos=True))])[0]
+    spanning, inside = _stops_across_and_inside_tokens(engine, full)
+    assert spanning and inside, f"no usable stop strings in {full.text!r}"
+    for stop, at in (spanning, inside):
+        sampling = SamplingParams(max_new_tokens=40, ignore_eos=True, stop=(stop,))
+        pieces: list[str] = []
+        seen: list[str] = []
+
+        def on_text(piece: str, pieces=pieces, seen=seen) -> None:
+            pieces.append(piece)
+            seen.append("".join(pieces))
+
+        with Engine(tiny_model, processor) as streaming:
+            result = streaming.submit(Request(conv, sampling), on_text=on_text).result(timeout=60)
+        assert result.text == full.text[:at] and result.finish_reason == "stop"
+        assert result.token_ids == full.token_ids[: result.completion_tokens] < full.token_ids
+        # Nothing streamed was later taken back: every partial text is a prefix of the final one.
+        assert all(result.text.startswith(partial) for partial in seen)
+        assert "".join(pieces) == result.text
+
+
+# ------------------------------------------------------- one decode per clip
+@pytest.fixture
+def count_decodes(monkeypatch):
+    """Every decode of encoded audio (soundfile or PyAV) and every resampling, counted."""
+    counts = {"decode": 0, "resample": 0}
+    decode, resample = audio_module._decode, audio_module.soxr.resample
+
+    def counting_decode(*args, **kwargs):
+        counts["decode"] += 1
+        return decode(*args, **kwargs)
+
+    def counting_resample(*args, **kwargs):
+        counts["resample"] += 1
+        return resample(*args, **kwargs)
+
+    monkeypatch.setattr(audio_module, "_decode", counting_decode)
+    monkeypatch.setattr(audio_module.soxr, "resample", counting_resample)
+    return counts
+
+
+def test_engine_decodes_and_resamples_each_clip_once_per_request(tiny_model, processor, tmp_path, count_decodes):
+    path = tmp_path / "tone.wav"
+    sf.write(path, clip(2.0, sample_rate=44100), 44100)
+    engine = Engine(tiny_model, processor)
+    requests = [Request(build_conversation(str(path), q), SamplingParams(max_new_tokens=3))
+                for q in ("What is it?", "Where?", "Who?")]
+    assert all(r.ok for r in engine.generate(requests))
+    assert count_decodes == {"decode": 3, "resample": 3}
+
+
+def test_cli_decodes_each_clip_once_per_request(tiny_checkpoint, tmp_path, count_decodes, monkeypatch):
+    from typer.testing import CliRunner
+
+    from midashenglm.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "tone.wav"
+    sf.write(path, clip(1.5, sample_rate=22050), 22050)
+    out = CliRunner().invoke(app, ["ask", str(path), "What is it?", "Is there speech?", "--model",
+                                   str(tiny_checkpoint), "--max-new-tokens", "2"])
+    assert out.exit_code == 0, out.output
+    assert count_decodes == {"decode": 2, "resample": 2}  # two questions: two requests
+
+
+def test_prepared_request_is_not_decoded_again(tiny_model, processor, tmp_path, count_decodes):
+    path = Path(tmp_path / "tone.flac")
+    sf.write(path, clip(1.0, sample_rate=48000), 48000)
+    engine = Engine(tiny_model, processor)
+    item = engine.prepare(Request(build_conversation(str(path), CAPTION), SamplingParams(max_new_tokens=2)))
+    with engine:
+        assert engine.submit(item).result(timeout=60).ok
+    assert count_decodes == {"decode": 1, "resample": 1}
