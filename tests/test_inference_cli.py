@@ -309,3 +309,20 @@ def test_wav_payload_round_trips():
     wave = np.sin(np.linspace(0, 100, 16000)).astype(np.float32) * 0.5
     assert np.abs(load_audio(wav_bytes(wave)) - wave).max() < 1e-4
     assert api_base("http://h:8000") == api_base("http://h:8000/v1/chat/completions") == "http://h:8000/v1"
+
+
+def test_run_refuses_to_write_over_its_manifest_and_reads_bom_csv(tiny_checkpoint, tmp_path):
+    write_wav(tmp_path / "a.wav", 0.5)
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("\ufeffaudio,prompt\na.wav,What is it?\n", encoding="utf-8")
+    same = cli("run", manifest, "--out", manifest, "-m", tiny_checkpoint, "--overwrite")
+    assert same.returncode == 2 and "is the manifest itself" in same.stderr
+    assert manifest.read_text(encoding="utf-8").startswith("\ufeffaudio")  # untouched
+    out = tmp_path / "out.jsonl"
+    ok = cli("run", manifest, "--out", out, "-m", tiny_checkpoint, "--max-new-tokens", 2)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(out.read_text())["audio"] == "a.wav"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("audio\ncaf\xe9.wav\n".encode("latin-1"))
+    bad = cli("run", latin, "--out", tmp_path / "x.jsonl", "-m", tiny_checkpoint)
+    assert bad.returncode == 2 and "latin.csv: not UTF-8 text" in bad.stderr and "Traceback" not in bad.stderr

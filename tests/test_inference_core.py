@@ -92,7 +92,7 @@ def test_prepare_refuses_before_anything_is_queued(tiny_model, processor):
     engine = Engine(tiny_model, processor)
     engine.context_window = 60
     with pytest.raises(ValueError, match="context window is 60 tokens"):
-        engine.prepare(Request(build_conversation(clip(35.0), CAPTION)))
+        engine.prepare(Request(build_conversation(clip(35.0), CAPTION, sampling_rate=16000)))
     with pytest.raises(ValueError, match="no audio samples"):
         engine.prepare(Request(build_conversation(np.zeros(0, np.float32), CAPTION)))
     ok = engine.prepare(Request(build_conversation(clip(1.0), CAPTION), SamplingParams(max_new_tokens=4)))
@@ -104,20 +104,22 @@ def test_prepare_refuses_before_anything_is_queued(tiny_model, processor):
 
 def test_abort_stops_a_running_row_and_drops_a_waiting_request(tiny_model, processor):
     engine = Engine(tiny_model, processor, max_num_seqs=1)
-    aborted = threading.Event()
+    aborted, both_submitted = threading.Event(), threading.Event()
 
-    def on_text(_piece: str) -> None:
+    def on_text(_piece: str) -> None:  # the engine's worker thread
         if not aborted.is_set():
+            assert both_submitted.wait(60)  # an abort only reaches submitted requests
             aborted.set()
             engine.abort("running")
             engine.abort("waiting")
 
     with engine:
-        running = engine.submit(Request(build_conversation(clip(1.0), CAPTION),
+        running = engine.submit(Request(build_conversation(clip(1.0), CAPTION, sampling_rate=16000),
                                         SamplingParams(max_new_tokens=200, ignore_eos=True), "running"),
                                 on_text=on_text)
-        waiting = engine.submit(Request(build_conversation(clip(2.0, seed=1), CAPTION),
+        waiting = engine.submit(Request(build_conversation(clip(2.0, seed=1), CAPTION, sampling_rate=16000),
                                         SamplingParams(max_new_tokens=8), "waiting"))
+        both_submitted.set()
         first, second = running.result(timeout=120), waiting.result(timeout=120)
     assert aborted.is_set()
     assert first.finish_reason == "abort" and 0 < first.completion_tokens < 200 and first.error is None
@@ -223,3 +225,43 @@ def test_prepared_request_is_not_decoded_again(tiny_model, processor, tmp_path, 
     with engine:
         assert engine.submit(item).result(timeout=60).ok
     assert count_decodes == {"decode": 1, "resample": 1}
+
+
+def test_abort_of_an_unknown_or_finished_id_touches_no_later_request(tiny_model, processor):
+    conv = build_conversation(clip(1.0), CAPTION, sampling_rate=16000)
+    with Engine(tiny_model, processor) as engine:
+        first = engine.submit(Request(conv, SamplingParams(max_new_tokens=3), "r1")).result(timeout=60)
+        engine.abort("r1")  # finished already (a disconnect racing the answer)
+        engine.abort("never-submitted")
+        engine.abort(None)  # type: ignore[arg-type]
+        again = engine.submit(Request(conv, SamplingParams(max_new_tokens=3), "r1")).result(timeout=60)
+    later = engine.generate([Request(conv, SamplingParams(max_new_tokens=3))])[0]
+    assert first.finish_reason == again.finish_reason == later.finish_reason == "length"
+    assert again.token_ids == first.token_ids == later.token_ids
+    assert not engine._aborted and engine.stats["aborted"] == 0
+
+
+def test_context_error_names_what_to_shorten(tiny_model, processor):
+    engine = Engine(tiny_model, processor)
+    engine.context_window = 40
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        engine.prepare(Request([{"role": "user", "content": "word " * 60}]))
+    with pytest.raises(ValueError, match="shorten the audio"):
+        engine.prepare(Request(build_conversation(clip(30.0), "Hi?", sampling_rate=16000)))
+
+
+def test_engine_config_refuses_wrong_types():
+    for bad in (dict(max_batch_audio_seconds=True), dict(enable_prefix_sharing="no"),
+                dict(max_batch_audio_seconds=float("nan")), dict(prefix_cache_items=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EngineConfig(**bad)
+
+
+def test_a_rate_beside_encoded_audio_must_be_the_loading_rate(processor, tmp_path):
+    path = tmp_path / "tone.wav"
+    sf.write(path, clip(1.0, sample_rate=44100), 44100)
+    expected = audio_module.load_audio(str(path))
+    same = processor.load({"type": "audio", "path": str(path), "sampling_rate": 16000})
+    assert np.array_equal(same, expected)  # transformers' reading: the rate to load at
+    with pytest.raises(ValueError, match="sampling_rate=8000 beside encoded audio"):
+        processor.load({"type": "audio", "path": str(path), "sampling_rate": 8000})

@@ -707,7 +707,8 @@ class MiDashengLMProcessor:
         part's ``sampling_rate`` (or ``sample_rate``), the tuple, the dict, or else
         ``sampling_rate`` here; with none of them it is taken as the processor's rate, with
         a warning once per processor. Rates that disagree are an error. Encoded audio
-        declares its own rate.
+        declares its own rate: beside it, only ``sampling_rate`` equal to the processor's
+        (the rate it is loaded at, as transformers reads it) is accepted.
         """
         if sampling_rate is not None:
             _check_rate(sampling_rate, "sampling_rate")
@@ -725,7 +726,15 @@ class MiDashengLMProcessor:
                 )
             wave = load_audio(source, sample_rate=self.sample_rate,
                               max_seconds=self.max_audio_seconds, source_sample_rate=rate)
-        else:  # encoded audio states its own rate
+        else:  # encoded audio states its own rate in its header
+            if rate is not None and rate != self.sample_rate:
+                # transformers' processors read sampling_rate beside a file as the rate to
+                # load at, which is ours; any other value contradicts the file's header.
+                raise ValueError(
+                    f"{where}: sampling_rate={rate} beside encoded audio (a path, bytes or URL): "
+                    f"the file states its own rate and is loaded at {self.sample_rate} Hz; "
+                    "remove sampling_rate (it applies to arrays)"
+                )
             wave = load_audio(source, sample_rate=self.sample_rate,
                               max_seconds=self.max_audio_seconds)
         if len(wave) < self.min_audio_samples:

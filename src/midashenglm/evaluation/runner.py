@@ -106,7 +106,7 @@ def item_request(item: dict[str, Any], prompt: T.Prompt, max_new_tokens: int,
     source = item["source"]
     audio = load_item_audio(item, sample_rate) if isinstance(source, list | tuple) else source
     conversation = build_conversation(audio, prompt.text, system_prompt=prompt.system,
-                                      sampling_rate=sample_rate)
+                                      sampling_rate=sample_rate if isinstance(audio, np.ndarray) else None)
     return Request(conversation, SamplingParams(max_new_tokens=max_new_tokens), item["id"])
 
 

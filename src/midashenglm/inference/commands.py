@@ -201,6 +201,10 @@ def run(
         raise UserError("pass --model (a checkpoint folder or Hub id) or --endpoint URL")
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+    if out.exists() and manifest.exists() and out.resolve() == manifest.resolve():
+        raise UserError(f"--out {out} is the manifest itself: choose another file for the results")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a .jsonl file path")
     sampling = _sampling(max_new_tokens, temperature, top_p, seed)
     rows = list(read_manifest(manifest))
     with ResultWriter(out, overwrite=overwrite, retry_errors=retry_errors) as writer:

@@ -42,7 +42,11 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"EngineConfig.{name} must be an integer >= 0, got {value!r}")
-        if not (isinstance(self.max_batch_audio_seconds, int | float) and self.max_batch_audio_seconds > 0):
+        if not isinstance(self.enable_prefix_sharing, bool):
+            raise ValueError("EngineConfig.enable_prefix_sharing must be True or False, "
+                             f"got {self.enable_prefix_sharing!r}")
+        seconds = self.max_batch_audio_seconds
+        if isinstance(seconds, bool) or not (isinstance(seconds, int | float) and seconds > 0):
             raise ValueError("EngineConfig.max_batch_audio_seconds must be > 0, "
                              f"got {self.max_batch_audio_seconds!r}")
 

@@ -108,6 +108,7 @@ class Engine:
         self._worker_lock = threading.Lock()
         self._abort_lock = threading.Lock()
         self._aborted: set[str] = set()
+        self._submitted: Counter[str] = Counter()  # ids of submitted requests not yet resolved
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -174,10 +175,11 @@ class Engine:
             room = self.context_window - len(ids)
             if room < 1:
                 audio = sum(c.tokens for c in clips)
+                shorten = "the audio" if audio > len(ids) - self.context_window else "the prompt"
                 raise ValueError(
                     f"the prompt has {len(ids)} tokens ({audio} of them audio, "
                     f"{sum(c.seconds for c in clips):.1f} s at 5 tokens/s) but the decoder's "
-                    f"context window is {self.context_window} tokens; shorten the audio"
+                    f"context window is {self.context_window} tokens; shorten {shorten}"
                 )
             max_new = min(max_new, room)
         return PreparedRequest(index, request, ids, clips, prefix_len, max_new, t_start)
@@ -273,6 +275,11 @@ class Engine:
         if self._closed:
             raise RuntimeError("the engine is closed")
         future: Future = Future()
+        request_id = request.request_id
+        if request_id is not None:
+            with self._abort_lock:
+                self._submitted[request_id] += 1
+            future.add_done_callback(lambda _: self._resolved(request_id))
         self._queue.put((request, on_text, future, time.perf_counter()))
         self._ensure_worker()
         return future
@@ -280,9 +287,19 @@ class Engine:
     def abort(self, request_id: str) -> None:
         """Stop the submitted request ``request_id`` (vLLM's ``abort``): a waiting request
         leaves the queue, a running row leaves the batch at the next step. Its future
-        resolves with ``finish_reason="abort"`` and the tokens made so far. Thread-safe."""
+        resolves with ``finish_reason="abort"`` and the tokens made so far. Thread-safe. An
+        id that no submitted, unresolved request carries (finished already, never
+        submitted, ``None``) is ignored: it never touches a later request."""
         with self._abort_lock:
-            self._aborted.add(request_id)
+            if self._submitted[request_id] > 0:
+                self._aborted.add(request_id)
+
+    def _resolved(self, request_id: str) -> None:
+        with self._abort_lock:
+            self._submitted[request_id] -= 1
+            if self._submitted[request_id] <= 0:
+                del self._submitted[request_id]
+                self._aborted.discard(request_id)
 
     def close(self) -> None:
         """Answer what was already submitted, then stop the worker; later submits raise."""
@@ -395,9 +412,6 @@ class Engine:
                 done = [(row.item, error_result(row.item.request, err)) for row in rows]
                 self.scheduler.finish([row.item for row in rows])
                 self.model_runner.batch.clear()
-        if done and self._aborted:
-            with self._abort_lock:  # an abort that came as its request finished is moot
-                self._aborted -= {item.request_id for item, _ in done}
         for item, result in done:
             for clip in item.clips:
                 clip.wave = None  # the audio is no longer needed; free it now
@@ -493,8 +507,8 @@ class Engine:
         if running:
             batch.keep([j for j, row in enumerate(batch.rows) if id(row.item) not in gone])
         found = {item.request_id for item, _ in done}
-        with self._abort_lock:  # ids not seen yet (still loading) stay for later steps
-            self._aborted |= ids - found
+        with self._abort_lock:  # ids of requests still loading stay for later steps
+            self._aborted |= {i for i in ids - found if self._submitted[i] > 0}
         self.stats["aborted"] += len(done)
         return done
 

@@ -68,12 +68,24 @@ def _jsonl_rows(path: Path) -> Iterator[ManifestRow]:
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[ManifestRow]:
-    with path.open(encoding="utf-8", newline="") as f:
+    # utf-8-sig: spreadsheet programs write "CSV UTF-8" with a byte-order mark.
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None or "audio" not in reader.fieldnames:
+        try:
+            fieldnames = reader.fieldnames
+        except UnicodeDecodeError as err:
+            raise UserError(f"manifest {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if fieldnames is None or "audio" not in fieldnames:
             raise UserError(f"manifest {path}: the header has no 'audio' column "
-                            f"(columns: {reader.fieldnames})")
-        for index, data in enumerate(reader):
+                            f"(columns: {fieldnames})")
+        rows = enumerate(reader)
+        while True:
+            try:
+                index, data = next(rows)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as err:
+                raise UserError(f"manifest {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             extra = data.pop(None, None)  # type: ignore[call-overload]
             error = f"{path.name} row {index + 1}: {len(extra)} value(s) beyond the header" if extra else None
             # A CSV cell cannot be absent, only empty: an empty prompt means "use the default".

@@ -95,7 +95,7 @@ def serve(
             max_queue=max_queue,
             request_timeout=request_timeout,
             allowed_audio_dirs=allowed_dirs([str(d) for d in allow_audio_dir or ()]),
-            api_key=api_key if api_key else None,
+            api_key=api_key,
         )
     except ValueError as err:
         raise UserError(str(err)) from None
