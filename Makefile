@@ -33,8 +33,11 @@ system-deps:  ## Debian tools the tests use: espeak-ng (speech), sox, chromium (
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox chromium fonts-liberation >/dev/null; \
 	fi
 
-test: install  ## run the test suite (offline)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+# Two pytest workers with one torch thread each use both cores of the development machine
+# without oversubscribing them; TEST_WORKERS=0 runs in one process (easier to debug).
+TEST_WORKERS ?= 2
+test: install  ## run the test suite (offline; TEST_WORKERS=0 for one process)
+	HF_HUB_OFFLINE=1 $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 )$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 lint: install  ## ruff
 	$(BIN)/ruff check src tests scripts examples

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from midashenglm import MiDashengLM, MiDashengLMProcessor, load_audio
 
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--question", default="Write an audio caption describing the sound")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (first GPU, else the CPU), cpu, cuda, cuda:N, mps")
     args = parser.parse_args()
 
     processor = MiDashengLMProcessor.from_pretrained(args.model)
@@ -52,7 +51,7 @@ def main() -> None:
         {"type": "audio", "audio": wave, "sampling_rate": 16000},  # load_audio gives 16 kHz
         {"type": "text", "text": args.question},
     ]}]
-    batch = processor.apply_chat_template(conversation, tokenize=True).to(args.device)
+    batch = processor.apply_chat_template(conversation, tokenize=True).to(model.device)
     start = time.perf_counter()
     tokens = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
     seconds = time.perf_counter() - start
@@ -60,7 +59,7 @@ def main() -> None:
           f"({len(wave) / 16000:.2f} s -> {processor.num_audio_tokens(len(wave))} audio tokens)")
     print(f"question: {args.question}")
     print(f"answer: {processor.batch_decode(tokens)[0]!r}")
-    print(f"{tokens.shape[1]} tokens in {seconds:.2f} s on {args.device}")
+    print(f"{tokens.shape[1]} tokens in {seconds:.2f} s on {model.device}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
 #
 #   scripts/serve_vllm.sh CHECKPOINT_DIR_OR_HUB_ID [more vllm serve options...]
 #
-# Settings (environment): HOST (0.0.0.0), PORT (8000), NAME (midashenglm: the name clients
-# use), DTYPE (bfloat16), MAX_MODEL_LEN (8192 tokens; 5 audio tokens per second),
-# MAX_AUDIOS (1 clip per prompt), GPU_UTIL (0.90), API_KEY (unset: no key).
+# Settings (environment): HOST (127.0.0.1: this machine only; 0.0.0.0 to listen on every
+# interface), PORT (8000), NAME (midashenglm: the name clients use), DTYPE (bfloat16),
+# MAX_MODEL_LEN (8192 tokens; 5 audio tokens per second), MAX_AUDIOS (1 clip per prompt),
+# GPU_UTIL (0.90), VLLM_API_KEY or MIDASHENGLM_API_KEY (or API_KEY): passed as --api-key
+# when set (unset: no key, anyone who reaches HOST:PORT may call).
 #
 # Needs a CUDA GPU and vLLM in its own environment (`pip install vllm`: it pins its own
 # torch and transformers; never install it into this project's .venv).
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 CHECKPOINT=$1
@@ -48,13 +50,18 @@ EOF
     # vLLM uses it whatever its transformers version reads by default.
     [[ -f $CHECKPOINT/chat_template.jinja ]] && extra+=(--chat-template "$CHECKPOINT/chat_template.jinja")
 fi
-[[ -n ${API_KEY:-} ]] && extra+=(--api-key "$API_KEY")
+key=${VLLM_API_KEY:-${MIDASHENGLM_API_KEY:-${API_KEY:-}}}
+[[ -n $key ]] && extra+=(--api-key "$key")
+host=${HOST:-127.0.0.1}
+if [[ -z $key && $host != 127.* && $host != localhost && $host != ::1 ]]; then
+    echo "warning: listening on $host without an API key (set VLLM_API_KEY or MIDASHENGLM_API_KEY)" >&2
+fi
 
 # --trust-remote-code: vLLM's own model registry lists mispeech/midashenglm-7b with it (the Hub
 # repositories ship their processor code). A folder saved by this project holds no code.
 exec vllm serve "$CHECKPOINT" \
     --served-model-name "${NAME:-midashenglm}" \
-    --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+    --host "$host" --port "${PORT:-8000}" \
     --dtype "${DTYPE:-bfloat16}" \
     --max-model-len "${MAX_MODEL_LEN:-8192}" \
     --limit-mm-per-prompt "{\"audio\": ${MAX_AUDIOS:-1}}" \

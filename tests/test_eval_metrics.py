@@ -52,9 +52,7 @@ def test_digit_by_digit_reading():
     assert number_to_chinese("007", use_units=False) == "零零七"
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
+NORMALIZER_CASES = [
         # integers and measure words
         ("我有3个苹果", "我有三个苹果"),
         ("他2岁了", "他二岁了"),
@@ -96,13 +94,42 @@ def test_digit_by_digit_reading():
         ("你好，世界！", "你好 世界 "),
         ("“引号”《书名》", " 引号  书名 "),
         ("a,b.c", "a b c"),
-        # full-width digits are digits; full-width letters stay (official config)
+        # full-width digits and letters are read as their ASCII forms
         ("３个", "三个"),
-        ("ＡＢＣ", "ＡＢＣ"),
+        ("ＡＢＣ", "ABC"),
         ("", ""),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), NORMALIZER_CASES)
 def test_chinese_normalizer(text, expected):
+    assert tn(text) == expected
+
+
+def _fullwidth(text: str) -> str:
+    """Every printable ASCII character as its full-width form, the space as U+3000."""
+    return "".join("\u3000" if c == " " else chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c
+                   for c in text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [case for case in NORMALIZER_CASES if _fullwidth(case[0]) != case[0]],
+)
+def test_chinese_normalizer_reads_fullwidth_like_ascii(text, expected):
+    # Issue 10: "１０元" read "十零元" and "２０００个" "两千零百零十零个".
+    wide = _fullwidth(text)
+    assert wide != text and not any("!" <= c <= "~" for c in wide)
+    assert tn(wide) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("１０元", "十元"), ("２０００个", "两千个"), ("２０１９年３月１５日", "二零一九年三月十五日"),
+     ("１２．５％", "百分之十二点五"), ("３／４", "四分之三"), ("１２：３０", "十二 三十"),
+     ("０１０－６２３４５６７８", "零一零六二三四五六七八"), ("ｉＰｈｏｎｅ　１２", "iPhone 十二")],
+)
+def test_fullwidth_examples_of_the_report(text, expected):
     assert tn(text) == expected
 
 

@@ -34,13 +34,17 @@ from midashenglm.modeling.weights import (
     SAFE_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     CheckpointError,
+    device_from_map,
     iter_tensors,
     load_config,
     load_state,
     normalize_key,
     read_json_file,
     resolve_checkpoint,
+    resolve_device,
+    resolve_device_args,
     resolve_dtype,
+    resolve_dtype_args,
     weight_files,
     write_weights,
 )
@@ -61,6 +65,7 @@ __all__ = [
     "SAFE_WEIGHTS_NAME",
     "CheckpointError",
     "build_empty",
+    "device_from_map",
     "iter_tensors",
     "load_config",
     "load_dasheng_checkpoint",
@@ -71,7 +76,9 @@ __all__ = [
     "read_json_file",
     "resolve_checkpoint",
     "resolve_device",
+    "resolve_device_args",
     "resolve_dtype",
+    "resolve_dtype_args",
     "save_pretrained",
     "weight_files",
     "write_weights",
@@ -102,30 +109,32 @@ def build_empty(config: MiDashengLMConfig, dtype: torch.dtype, device: str | tor
     return MiDashengLM.build_empty(config, dtype, device)
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``: CUDA if present, then Apple's MPS, else the CPU."""
-    if device not in (None, "auto"):
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_model(
     path_or_id: str | os.PathLike,
     *,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "auto",
+    device_map: Any = None,
+    torch_dtype: str | torch.dtype | None = None,
     **kwargs: Any,
 ) -> tuple[MiDashengLM, MiDashengLMProcessor]:
-    """Model and processor of a checkpoint: what every command and service starts from."""
+    """Model and processor of a checkpoint: what every command and service starts from.
+
+    ``device`` (default "auto": the first CUDA GPU, else MPS, else the CPU) is checked
+    before any file is read: a device this machine lacks is a ``ValueError``.
+    ``device_map`` and ``torch_dtype`` are accepted as in :meth:`MiDashengLM.from_pretrained`.
+    """
     from midashenglm.modeling.model import MiDashengLM
     from midashenglm.processing import MiDashengLMProcessor
 
-    model = MiDashengLM.from_pretrained(path_or_id, device=resolve_device(device), dtype=dtype, **kwargs)
-    processor = MiDashengLMProcessor.from_pretrained(resolve_checkpoint(path_or_id))
+    if device_map is not None and device == "auto":
+        device = None  # the map decides
+    target = resolve_device_args(device, device_map, default="auto")
+    dtype = resolve_dtype_args(dtype, torch_dtype)
+    model = MiDashengLM.from_pretrained(path_or_id, device=target, dtype=dtype, **kwargs)
+    processor = MiDashengLMProcessor.from_pretrained(
+        resolve_checkpoint(path_or_id, revision=kwargs.get("revision"), token=kwargs.get("token"))
+    )
     return model, processor
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib
 
 import typer
-from rich.console import Console
 
-from midashenglm.errors import UserError
+from midashenglm.errors import UserError, stderr_console
 
 app = typer.Typer(
     name="midashenglm",
@@ -21,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = stderr_console()
 
 
 # Each area of the package adds its commands through a ``register(app)`` function;

@@ -109,9 +109,7 @@ def info(
 
 def _count_parameters(files: list[Path]) -> tuple[dict[str, int], set[str]]:
     """Parameter counts per component from the weight files, without loading tensors."""
-    from safetensors import safe_open
-
-    from midashenglm.modeling.weights import iter_tensors
+    from midashenglm.modeling.weights import iter_tensors, open_safetensors
 
     counts = {"audio_encoder": 0, "audio_projector": 0, "decoder": 0, "other": 0}
     dtypes: set[str] = set()
@@ -128,7 +126,7 @@ def _count_parameters(files: list[Path]) -> tuple[dict[str, int], set[str]]:
                 add(key, tensor.numel())
                 dtypes.add(str(tensor.dtype).removeprefix("torch."))
             continue
-        with safe_open(str(file), framework="pt") as shard:
+        with open_safetensors(file) as shard:
             for key in shard.keys():  # noqa: SIM118 - safe_open is not a dict
                 piece = shard.get_slice(key)
                 numel = 1
@@ -152,8 +150,9 @@ def init(
     decoder: Annotated[
         str,
         typer.Option(
-            help="Decoder preset (tiny, qwen2.5-omni-7b, qwen3-0.6b) or a JSON file holding a "
-            "transformers text config (with model_type)."
+            help="Decoder preset (tiny, qwen2.5-omni-7b, qwen3-0.6b), a JSON file holding a "
+            "transformers text config (with model_type), or that JSON inline: "
+            "'{\"model_type\": \"qwen3\", ...}'."
         ),
     ] = "tiny",
     tokenizer: Annotated[
@@ -180,6 +179,7 @@ def init(
         ENCODER_PRESETS,
         DashengConfig,
         MiDashengLMConfig,
+        build_text_config,
     )
     from midashenglm.modeling.model import MiDashengLM
     from midashenglm.modeling.weights import resolve_dtype
@@ -193,10 +193,11 @@ def init(
     torch_dtype = resolve_dtype(dtype)
 
     processor = MiDashengLMProcessor(_load_tokenizer(tokenizer))
-    if len(processor.tokenizer) > text_config.get("vocab_size", 0):
+    vocab_size = getattr(build_text_config(text_config), "vocab_size", None) or 0
+    if len(processor.tokenizer) > vocab_size:
         raise UserError(
             f"the tokenizer has {len(processor.tokenizer)} tokens but the decoder's vocab_size "
-            f"is {text_config.get('vocab_size')}"
+            f"is {vocab_size}"
         )
     config = MiDashengLMConfig(
         audio_encoder_config=DashengConfig.from_preset(encoder).to_dict(),
@@ -217,18 +218,50 @@ def init(
 
 
 def _decoder_config(name: str, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A preset, a JSON file, or inline JSON (text starting with ``{``): a transformers text config."""
     if name in presets:
         return dict(presets[name])
     path = Path(name)
-    if not path.is_file():
-        raise UserError(f"--decoder {name!r}: not a preset ({', '.join(presets)}) nor a JSON file")
+    if path.is_file():
+        source = f"--decoder {path}"
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{source}: cannot read it ({err})") from None
+    elif name.lstrip().startswith(("{", "[")):
+        source, text = "--decoder (inline JSON)", name
+    else:
+        raise UserError(
+            f"--decoder {name!r}: not a preset ({', '.join(presets)}), a JSON file, "
+            "nor inline JSON (a text config starting with '{')"
+        )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"--decoder {path}: not valid JSON ({err})") from None
-    data = data.get("text_config", data)  # a whole MiDashengLM config.json works too
-    if "model_type" not in data:
-        raise UserError(f"--decoder {path}: the config has no model_type")
+        raise UserError(f"{source}: not valid JSON ({err})") from None
+    if isinstance(data, dict) and "text_config" in data:
+        data = data["text_config"]  # a whole MiDashengLM config.json works too
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{source}: expected a JSON object (a transformers text config with model_type), "
+            f"found a JSON {type(data).__name__}"
+        )
+    model_type = data.get("model_type")
+    if model_type is None:
+        raise UserError(f"{source}: the config has no model_type")
+    from transformers import CONFIG_MAPPING
+
+    from midashenglm.modeling.config import _QWEN2_ALIASES, build_text_config
+
+    if not isinstance(model_type, str) or (model_type not in CONFIG_MAPPING and model_type not in _QWEN2_ALIASES):
+        raise UserError(
+            f"{source}: model_type {model_type!r} is not a transformers model type "
+            "(for example qwen2, qwen3, llama or qwen2_5_omni_text)"
+        )
+    try:
+        build_text_config(data)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise UserError(f"{source}: not a valid {model_type} config ({err})") from None
     return data
 
 

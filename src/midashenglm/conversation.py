@@ -12,6 +12,30 @@ from typing import Any
 
 Conversation = list[dict[str, Any]]
 
+#: The one default-request rule, shared by the command line (caption, ask, transcribe,
+#: run), the HTTP server and the run --endpoint client, as vLLM and the official model
+#: card do it:
+#:
+#: * no system prompt is injected: the conversation is sent as given; ``--system-prompt
+#:   TEXT`` (or a manifest's ``system_prompt`` column) adds one. The official serving
+#:   example's text is :data:`midashenglm.processing.DEFAULT_SYSTEM_PROMPT`.
+#: * the checkpoint's ``generation_config`` decides the decoding (``do_sample``,
+#:   ``temperature``, ``top_p``, ``top_k``) whenever the request does not say
+#:   (:func:`generation_defaults`).
+DEFAULT_SYSTEM_PROMPT: str | None = None
+
+
+def generation_defaults(generation_config: Any) -> dict[str, Any]:
+    """Sampling settings a request gets when it does not set them: the checkpoint's
+    ``generation_config`` (greedy unless ``do_sample``), as vLLM and transformers do."""
+    if not getattr(generation_config, "do_sample", False):
+        return {"temperature": 0.0}
+    return {
+        "temperature": float(getattr(generation_config, "temperature", None) or 1.0),
+        "top_p": float(getattr(generation_config, "top_p", None) or 1.0),
+        "top_k": int(getattr(generation_config, "top_k", None) or 0),
+    }
+
 
 def audio_part(audio: Any, sampling_rate: int | None = None) -> dict[str, Any]:
     """A content part holding ``audio``: a path (``str``/``PathLike``) becomes

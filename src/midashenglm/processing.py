@@ -30,7 +30,10 @@ from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
 from midashenglm.audio import SAMPLE_RATE, load_audio
 from midashenglm.modeling.geometry import MIN_AUDIO_SAMPLES, num_audio_tokens
-from midashenglm.modeling.weights import read_json_file
+from midashenglm.modeling.weights import CheckpointError, read_json_file
+
+# Files any transformers tokenizer is saved as: one of them must be in a checkpoint folder.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS_TOKEN = "<|audio_bos|>"
@@ -113,6 +116,15 @@ class MiDashengLMProcessor:
         """Tokenizer and audio settings from a checkpoint folder or Hub id."""
         from transformers import PretrainedConfig
 
+        folder = Path(path_or_id).expanduser()
+        if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES) \
+                and not any(folder.glob("*.tiktoken")):
+            raise CheckpointError(
+                f"{folder}: no tokenizer files in this folder ({', '.join(_TOKENIZER_FILES[:2])}, ...). "
+                "model.save_pretrained writes the weights only: save the processor there too "
+                "(processor.save_pretrained(folder)), or load the processor from the original "
+                "checkpoint or tokenizer"
+            )
         config = read_json_file(path_or_id, "config.json")
         # A neutral config object: AutoTokenizer would otherwise parse config.json itself
         # and warn that it does not know the "midashenglm" model type.

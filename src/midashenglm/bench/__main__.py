@@ -7,16 +7,14 @@ from midashenglm.bench.commands import bench_app
 
 
 def main() -> None:
-    from rich.console import Console
-
     from midashenglm.audio import AudioError
     from midashenglm.checkpoint import CheckpointError
-    from midashenglm.errors import UserError
+    from midashenglm.errors import UserError, stderr_console
 
     try:
         bench_app()
     except (UserError, AudioError, CheckpointError, FileNotFoundError, ValueError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        stderr_console().print(f"[bold red]error:[/] {err}", highlight=False)
         raise SystemExit(2) from None
 
 

@@ -95,7 +95,9 @@ def _options(
     ] = None,
     memory_budget_gib: Annotated[
         float | None,
-        typer.Option(help="Memory budget for 'largest batch that fits' (default: the GPU's memory; none on CPU)."),
+        typer.Option(help="Memory budget in GiB for 'largest batch that fits' (default: the GPU's total "
+                     "memory; on a CPU, the memory the system has available at the start (MemAvailable) "
+                     "plus the weights)."),
     ] = None,
     engine: Annotated[
         bool, typer.Option(help="Also measure midashenglm.inference.Engine when it is installed.")
@@ -162,9 +164,10 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     from midashenglm.bench.report import headline, write_report
     from midashenglm.bench.suite import Settings, Suite, engine_available, steps
     from midashenglm.checkpoint import resolve_device, resolve_dtype
+    from midashenglm.errors import stderr_console
     from midashenglm.progress import ProgressBar
 
-    console = Console(stderr=options["as_json"])
+    console = stderr_console() if options["as_json"] else Console(soft_wrap=True)
     scale = options["scale"]
     if scale not in SCALES:
         raise UserError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
@@ -244,6 +247,11 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     }
     for line in headline(report):
         console.print(line, highlight=False)
+    if "memory" in sections and not options["as_json"]:
+        from midashenglm.bench.report import _memory_section
+
+        # The memory numbers themselves (the headline has none): the report's table, on stdout.
+        print("\n".join(_memory_section(report)), flush=True)
     if options["out"] is not None:
         files = write_report(report, options["out"])
         console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)
@@ -279,7 +287,8 @@ bench_app.command("encoder")(_command(
 bench_app.command("memory")(_command(
     "memory",
     "Peak memory per batch size of 30 s clips (one run each), bytes per sample, and the "
-    "largest batch that fits --memory-budget-gib (default: the GPU's memory).",
+    "largest batch that fits --memory-budget-gib (default: the GPU's memory; on a CPU the "
+    "available system memory plus the weights), printed as a table.",
 ))
 bench_app.command("all")(_command(
     "all",

@@ -17,6 +17,9 @@ from midashenglm.cli_options import DeviceOption, DtypeOption, MaxNumSeqsOption,
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
 
+# benchmark: exit 2 when more than this fraction of the rows attempted in a run failed.
+DEFAULT_MAX_ERROR_RATE = 0.05
+
 
 def register(app: typer.Typer) -> None:
     _register_evaluate(app)
@@ -25,9 +28,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _format_value(metric: str, value: float) -> str:
+    """A value as the paper shows it: x100, two decimals (0.0372 -> "3.72")."""
     if math.isnan(value):
         return "n/a"
-    return f"{value:.4f} ({100 * value:.2f} %)"
+    return f"{100 * value:.2f}"
 
 
 def _register_evaluate(app: typer.Typer) -> None:
@@ -77,7 +81,8 @@ def _register_evaluate(app: typer.Typer) -> None:
         accuracy, FSD50K -> mAP, MuChoMusic -> closed-QA accuracy, AudioCaps -> FENSE...)
         unless --metric is given. Lines that cannot be scored (invalid JSON, missing or
         empty fields) are listed on stderr as FILE:LINE: reason and counted as skipped.
-        Values are fractions: 0.0372 is 3.72 % WER.
+        The table shows values x100, as the paper does (3.72 is 3.72 % WER, 66.52 a
+        FENSE of 0.6652); --json keeps fractions (0.0372).
         """
         from rich.console import Console
         from rich.table import Table
@@ -115,9 +120,9 @@ def _register_evaluate(app: typer.Typer) -> None:
 
         if not as_json and results:
             table = Table(title="Evaluation")
-            for column in ("file", "dataset", "metric", "value", "count", "skipped"):
+            for column in ("file", "dataset", "metric", "value (x100)", "count", "skipped"):
                 table.add_column(column, justify="right" if column in (
-                    "value", "count", "skipped") else "left")
+                    "value (x100)", "count", "skipped") else "left")
             for r in results:
                 table.add_row(Path(r.file).name, r.dataset or "-", r.metric,
                               _format_value(r.metric, r.value), str(r.count), str(r.skipped))
@@ -125,7 +130,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             for r in results:
                 for name, value in r.beside.items():
                     out.print(f"{Path(r.file).name}: beside {r.metric}, {name} = "
-                              f"{_format_value(name, value)} (a documented deviation)",
+                              f"{_format_value(name, value)} (x100, a documented deviation)",
                               highlight=False, markup=False)
             if details:
                 for r in results:
@@ -175,6 +180,7 @@ def _register_benchmark(app: typer.Typer) -> None:
                  "or a manifest file (.jsonl/.json/.csv/.tsv with an 'audio' column plus the "
                  "reference fields).")] = None,
         out: Annotated[Path | None, typer.Option(
+            "--out", "-o",
             help="Result file (official JSONL). Default: results/MODEL_DATASET.jsonl. An "
                  "existing file is resumed: its items are skipped, new rows appended.")] = None,
         limit: Annotated[int | None, typer.Option(
@@ -190,25 +196,31 @@ def _register_benchmark(app: typer.Typer) -> None:
             help="Whose published prompt to ask: midashenglm, qwen2.5-omni (with its system "
                  "prompt) or kimi-audio.")] = T.MIDASHENGLM,
         system_prompt: Annotated[str, typer.Option(
-            help="System prompt for the midashenglm prompt style ('' for none). Default: the "
-                 "official usage example's.")] = T.DEFAULT_SYSTEM_PROMPT,
+            help="System prompt for the midashenglm prompt style. Default: none, as in "
+                 "caption/ask/run and the server (the paper's prompt table gives none).")] = "",
         model_name: Annotated[str | None, typer.Option(
             help="model_name written to the rows. Default: the checkpoint folder's name.")] = None,
         option: Annotated[list[str] | None, typer.Option(
-            "--option", "-o",
+            "--option",
             help="Loader option KEY=VALUE, e.g. split=test-other, subset=all, seed=1 "
                  "(repeatable; see docs/benchmarks.md).")] = None,
         retry_errors: Annotated[bool, typer.Option(
             help="Run again the items recorded with an error.")] = False,
         no_score: Annotated[bool, typer.Option(
             "--no-score", help="Only write the result file.")] = False,
+        max_error_rate: Annotated[float, typer.Option(
+            min=0.0, max=1.0,
+            help="Exit with status 2 when more than this fraction of the rows attempted in "
+                 "this run failed (error rows).")] = DEFAULT_MAX_ERROR_RATE,
     ) -> None:
         """Run a model over a benchmark with the paper's prompt; write and score the results.
 
         Reads a local copy of the dataset in its published layout (or a manifest), asks
         the task's published prompt, appends one row per item to the official JSONL
         result file (resumable: a rerun skips what is there; a clip that fails becomes a
-        row with an 'error' field) and prints the paper's metric.
+        row with an 'error' field) and prints the paper's metric (x100). Exits with
+        status 2 when the file could not be scored, when every row is an error, or when
+        the error rows exceed --max-error-rate of the rows attempted.
         """
         from rich.console import Console
 
@@ -236,12 +248,35 @@ def _register_benchmark(app: typer.Typer) -> None:
         console.print(f"wrote {summary.written} rows to {summary.out} "
                       f"({summary.errors} errors, {summary.skipped} already there)",
                       highlight=False)
-        for example in summary.error_examples:
-            console.print(f"  error: {example}", highlight=False, markup=False)
-        if summary.score is not None:
+        problem = None
+        if summary.score is not None and summary.score.count > 0:
             console.print(_format_score(summary.score), highlight=False, markup=False)
-        elif summary.score_error and not no_score:
-            console.print(f"not scored: {summary.score_error}", highlight=False, markup=False)
+        elif not no_score:
+            why = summary.score_error or "no row could be scored"
+            problem = f"error: {summary.out} was not scored: {why}"
+        problem = _error_summary(console, summary, max_error_rate) or problem
+        if problem:
+            Console(stderr=True, soft_wrap=True).print(problem, highlight=False, markup=False)
+            raise typer.Exit(2)
+
+
+def _error_summary(console: Any, summary: Any, max_error_rate: float) -> str | None:
+    """Print the error rows of this run (count + first examples); the exit reason, if any."""
+    attempted = summary.written
+    if not summary.errors:
+        return None
+    rate = summary.errors / attempted
+    console.print(f"{summary.errors} of {attempted} rows attempted failed ({100 * rate:.1f} %); "
+                  f"first {len(summary.error_examples)}:", highlight=False, markup=False)
+    for example in summary.error_examples:
+        console.print(f"  error: {example}", highlight=False, markup=False)
+    if summary.errors == attempted:
+        return (f"error: every row attempted ({attempted}) failed; see the errors above "
+                f"(rerun them with --retry-errors)")
+    if rate > max_error_rate:
+        return (f"error: {summary.errors} of {attempted} rows failed ({100 * rate:.1f} %), more "
+                f"than --max-error-rate {max_error_rate:g}")
+    return None
 
 
 def _format_score(score: Any) -> str:
@@ -261,6 +296,7 @@ def _register_report(app: typer.Typer) -> None:
             help="Folder of result files (*.jsonl in the official format, e.g. what "
                  "'midashenglm benchmark' wrote).")],
         out: Annotated[Path | None, typer.Option(
+            "--out", "-o",
             help="Markdown file to write. Default: RESULTS_DIR/report.md; the bar chart goes "
                  "beside it as the same name with .png.")] = None,
         device: Annotated[str, typer.Option(help="FENSE/DATE: torch device.")] = "cpu",

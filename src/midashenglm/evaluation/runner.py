@@ -312,5 +312,6 @@ def _score(summary: RunSummary, task: Task) -> None:
     try:
         # The paper reports MECAT with FENSE (MECAT's own default is DATE).
         summary.score = score_file(summary.out, task.metric, mecat_metric="fense")
-    except Exception as err:  # noqa: BLE001 - the results are written; scoring is a bonus here
-        summary.score_error = f"{type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - the command reports it (exit status 2)
+        summary.score_error = (f"{type(err).__name__}: {err}. The rows are written; score "
+                               f"them later with `midashenglm evaluate {summary.out}`")

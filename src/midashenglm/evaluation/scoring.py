@@ -100,8 +100,8 @@ def metric_for_dataset(name: str) -> str:
         if pattern in key:
             return metric
     raise UserError(
-        f"no metric known for dataset {name!r}: pass one with --metric "
-        "(wer, cer, accuracy, gender_accuracy, map, qa_accuracy, fense, mecat...)"
+        f"no metric known for dataset {name!r}: name one with `midashenglm evaluate "
+        "--metric NAME` (wer, cer, accuracy, gender_accuracy, map, qa_accuracy, fense, mecat...)"
     )
 
 
@@ -203,7 +203,8 @@ def score_file(path: str | Path, metric: str | None = None, **options: Any) -> S
     dataset = names.most_common(1)[0][0] if names else None
     if metric is None:
         if dataset is None:
-            raise UserError(f"{path}: no row names its dataset_name; pass --metric")
+            raise UserError(f"{path}: no row names its dataset_name; score it with "
+                            "`midashenglm evaluate FILE --metric NAME`")
         metric = metric_for_dataset(dataset)
     if options.get("lang") is None and dataset is not None:
         options["lang"] = language_for_dataset(dataset)

@@ -27,8 +27,9 @@ QWEN = "qwen2.5-omni"
 KIMI = "kimi-audio"
 PROMPT_STYLES = (MIDASHENGLM, QWEN, KIMI)
 
-# The system prompt of the official usage example; the prompt table gives none for MiDashengLM.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful language and speech assistant."
+# The prompt table gives no system prompt for MiDashengLM; the one rule of the project
+# (midashenglm.conversation) injects none by default, in the CLI, the server and here alike.
+DEFAULT_SYSTEM_PROMPT: str | None = None
 
 LETTERS = string.ascii_uppercase
 

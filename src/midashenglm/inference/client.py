@@ -71,6 +71,7 @@ class Answer:
     prompt_tokens: int | None
     completion_tokens: int | None
     audio_seconds: float
+    audio_tokens: int | None = None  # from the server's usage when it says (this project's does)
 
 
 class EndpointClient:
@@ -111,24 +112,23 @@ class EndpointClient:
             if not names:
                 raise RuntimeError(f"{self.base_url}/models lists no model; pass --served-model")
             self._model = names[0]
+        elif names and self._model not in names:
+            raise RuntimeError(f"model {self._model!r} is not served at {self.base_url} (it serves "
+                               f"{', '.join(repr(n) for n in names)}): fix --served-model")
 
     def ask(self, audio: Any, prompt: str, *, system_prompt: str | None = None,
-            sampling: SamplingParams | None = None) -> Answer:
-        """Load ``audio`` (a path, bytes, array...), send it with ``prompt``, return the answer."""
-        sampling = sampling or SamplingParams()
+            sampling: SamplingParams | dict[str, Any] | None = None) -> Answer:
+        """Load ``audio`` (a path, bytes, array...), send it with ``prompt``, return the answer.
+
+        ``sampling`` is either complete :class:`SamplingParams` (all sent), or a dict of the
+        settings the user gave (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+        ``seed``): only those are sent and the server's defaults (the checkpoint's
+        ``generation_config``, for vLLM and for ``midashenglm serve``) decide the rest.
+        """
         wave = load_audio(audio)
         messages = openai_messages(build_conversation(
             wave, prompt, system_prompt=system_prompt, sampling_rate=SAMPLE_RATE))
-        options: dict[str, Any] = {"max_tokens": sampling.max_new_tokens,
-                                   "temperature": sampling.temperature}
-        if sampling.temperature > 0:
-            options["top_p"] = sampling.top_p
-            if sampling.top_k:
-                options["extra_body"] = {"top_k": sampling.top_k}  # a vLLM extension
-        if sampling.seed is not None:
-            options["seed"] = sampling.seed
-        if sampling.stop:
-            options["stop"] = list(sampling.stop)
+        options = _request_options(sampling)
         reply = self.client.chat.completions.create(model=self.model, messages=messages, **options)
         if not reply.choices:
             raise RuntimeError(f"{self.base_url}: the reply has no choices")
@@ -140,4 +140,28 @@ class EndpointClient:
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
             audio_seconds=len(wave) / SAMPLE_RATE,
+            audio_tokens=getattr(usage, "audio_tokens", None),  # an extra field of our server
         )
+
+
+def _request_options(sampling: SamplingParams | dict[str, Any] | None) -> dict[str, Any]:
+    """Chat-completion arguments for ``sampling`` (see :meth:`EndpointClient.ask`)."""
+    options: dict[str, Any] = {}
+    if isinstance(sampling, dict):
+        names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+                 "seed": "seed"}
+        options = {names[k]: v for k, v in sampling.items() if k in names and v is not None}
+        if sampling.get("top_k") is not None:
+            options["extra_body"] = {"top_k": sampling["top_k"]}  # a vLLM extension
+        return options
+    sampling = sampling or SamplingParams()
+    options = {"max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature}
+    if sampling.temperature > 0:
+        options["top_p"] = sampling.top_p
+        if sampling.top_k:
+            options["extra_body"] = {"top_k": sampling.top_k}  # a vLLM extension
+    if sampling.seed is not None:
+        options["seed"] = sampling.seed
+    if sampling.stop:
+        options["stop"] = list(sampling.stop)
+    return options

@@ -25,8 +25,8 @@ from midashenglm.cli_options import (
     ModelOption,
     engine_config,
 )
-from midashenglm.conversation import build_conversation
-from midashenglm.errors import UserError
+from midashenglm.conversation import DEFAULT_SYSTEM_PROMPT, build_conversation
+from midashenglm.errors import UserError, stderr_console
 from midashenglm.progress import ProgressBar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,15 +37,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CAPTION_PROMPT = "Write an audio caption describing the sound"
 TRANSCRIBE_PROMPT = "Transcribe the speech into text <|{lang}|>"
-# The system prompt of the official serving example.
-SYSTEM_PROMPT = "You are a helpful language and speech assistant."
+# The default system prompt: none (the rule of midashenglm.conversation, shared with the server).
+SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
 
 MaxNewOption = Annotated[int, typer.Option(help="Most tokens to generate per answer.")]
-TemperatureOption = Annotated[float, typer.Option(help="0 decodes greedily (deterministic); > 0 samples.")]
-TopPOption = Annotated[float, typer.Option(help="Nucleus sampling: keep the most likely tokens up to this probability mass.")]
+TemperatureOption = Annotated[float | None, typer.Option(
+    help="0 decodes greedily (deterministic); > 0 samples. Default: the checkpoint's "
+    "generation_config (greedy unless it sets do_sample), as the server and vLLM.", show_default=False)]
+TopPOption = Annotated[float | None, typer.Option(
+    help="Nucleus sampling: keep the most likely tokens up to this probability mass. Default: "
+    "the checkpoint's generation_config (else 1.0).", show_default=False)]
+TopKOption = Annotated[int | None, typer.Option(
+    help="Sample among the k most likely tokens (0: all). Default: the checkpoint's "
+    "generation_config (else 0).", show_default=False)]
 SeedOption = Annotated[int | None, typer.Option(help="Seed for sampling (same seed, same answer).")]
-SystemPromptOption = Annotated[str, typer.Option(
-    help="System prompt ('' for none). Default: the official serving example's.")]
+SystemPromptOption = Annotated[str | None, typer.Option(
+    help="Add this system prompt. Default: none, the conversation is sent as given (as the "
+    "server, vLLM and the official model card do).", show_default=False)]
 JsonOption = Annotated[bool, typer.Option(
     "--json", help="One JSON object per answer: text, tokens, finish reason, audio/prompt/completion token counts, timings.")]
 
@@ -66,8 +74,9 @@ def caption(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
-    temperature: TemperatureOption = 0.0,
-    top_p: TopPOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
     seed: SeedOption = None,
     max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
@@ -85,8 +94,9 @@ def ask(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
-    temperature: TemperatureOption = 0.0,
-    top_p: TopPOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
     seed: SeedOption = None,
     max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
@@ -103,8 +113,9 @@ def transcribe(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
-    temperature: TemperatureOption = 0.0,
-    top_p: TopPOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
     seed: SeedOption = None,
     max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     as_json: JsonOption = False,
@@ -116,18 +127,20 @@ def transcribe(
 
 def _common(options: dict[str, Any]) -> dict[str, Any]:
     keys = ("model", "system_prompt", "device", "dtype", "max_new_tokens", "temperature", "top_p",
-            "seed", "max_batch_audio_seconds", "as_json")
+            "top_k", "seed", "max_batch_audio_seconds", "as_json")
     return {k: options[k] for k in keys}
 
 
 def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | None,
-            system_prompt: str, device: str, dtype: str, max_new_tokens: int, temperature: float,
-            top_p: float, seed: int | None, max_batch_audio_seconds: float, as_json: bool) -> None:
+            system_prompt: str | None, device: str, dtype: str, max_new_tokens: int,
+            temperature: float | None, top_p: float | None, top_k: int | None, seed: int | None,
+            max_batch_audio_seconds: float, as_json: bool) -> None:
     for path, _ in jobs:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
-    sampling = _sampling(max_new_tokens, temperature, top_p, seed)
+    given = _sampling_options(max_new_tokens, temperature, top_p, top_k, seed)
     engine = _engine(model, device, dtype, engine_config(max_batch_audio_seconds=max_batch_audio_seconds))
+    sampling = _sampling(given, engine)
     from midashenglm.inference.engine import Request
 
     requests = [Request(build_conversation(str(path), prompt, system_prompt=system_prompt), sampling, str(path))
@@ -169,8 +182,9 @@ def run(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
-    temperature: TemperatureOption = 0.0,
-    top_p: TopPOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
     seed: SeedOption = None,
     max_batch_audio_seconds: MaxBatchAudioOption = 600.0,
     max_num_seqs: MaxNumSeqsOption = 32,
@@ -186,12 +200,18 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Start again instead of resuming --out.")] = False,
     retry_errors: Annotated[bool, typer.Option(
         help="On resume, run again the rows that failed before (their error lines are removed).")] = False,
+    max_error_rate: Annotated[float, typer.Option(
+        help="Largest fraction of failed rows (0..1) that still exits 0; above it the job exits 1. "
+        "Default 0: any failed row exits 1.")] = 0.0,
 ) -> None:
     """Batch inference over a manifest, resumable: rerun the same command after a crash.
 
-    Each finished row is written and fsynced at once; rows already in --out are skipped, a
-    torn last line is repaired, and a bad row (missing or corrupt audio) is recorded with
-    its error while the job goes on.
+    Rows are written in manifest order, each fsynced once it and every row before it are
+    done; rows already in --out are skipped, a torn last line is repaired, and a bad row
+    (missing or corrupt audio) is recorded with its error while the job goes on. Failed
+    rows are summed up at the end (exit 1 above --max-error-rate). A systematic error
+    (server unreachable, wrong API key, unknown --served-model, the same 400 three times
+    in a row) stops the job at once with exit 2.
     """
     from rich.markup import escape
 
@@ -201,11 +221,13 @@ def run(
         raise UserError("pass --model (a checkpoint folder or Hub id) or --endpoint URL")
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+    if not 0.0 <= max_error_rate <= 1.0:
+        raise UserError(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
     if out.exists() and manifest.exists() and out.resolve() == manifest.resolve():
         raise UserError(f"--out {out} is the manifest itself: choose another file for the results")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a .jsonl file path")
-    sampling = _sampling(max_new_tokens, temperature, top_p, seed)
+    given = _sampling_options(max_new_tokens, temperature, top_p, top_k, seed)
     rows = list(read_manifest(manifest))
     with ResultWriter(out, overwrite=overwrite, retry_errors=retry_errors) as writer:
         todo = [row for row in rows if row.key not in writer.done]
@@ -222,54 +244,89 @@ def run(
                                                                  max_kv_cache_tokens))
         with _RunProgress(len(todo)) as progress:
             try:
+                ordered = _InOrder(writer)
                 if endpoint is not None:
-                    _run_endpoint(todo, writer, progress, client=client, concurrency=concurrency,
-                                  prompt=prompt, system_prompt=system_prompt, sampling=sampling)
+                    _run_endpoint(todo, ordered, progress, client=client, concurrency=concurrency,
+                                  prompt=prompt, system_prompt=system_prompt, sampling=given)
                 else:
-                    _run_engine(todo, writer, progress, engine=engine, prompt=prompt,
-                                system_prompt=system_prompt, sampling=sampling)
+                    _run_engine(todo, ordered, progress, engine=engine, prompt=prompt,
+                                system_prompt=system_prompt, sampling=_sampling(given, engine))
             except KeyboardInterrupt:
-                _stderr().print(f"interrupted after {progress.done} rows; run the same command "
+                _stderr().print(f"interrupted after {ordered.written} rows; run the same command "
                                 "again to resume", highlight=False)
                 raise typer.Exit(130) from None
-    _stderr().print(f"wrote {progress.done} rows to {escape(str(out))} ({progress.errors} with errors, "
+    _stderr().print(f"wrote {ordered.written} rows to {escape(str(out))} ({progress.errors} with errors, "
                     f"{progress.audio_seconds / 3600:.3f} h of audio)", highlight=False)
+    if progress.errors:
+        rate = progress.errors / max(progress.done, 1)
+        _stderr().print(f"[bold red]error:[/] {progress.errors} of {progress.done} rows failed "
+                        f"({rate:.1%}); first: "
+                        + "; ".join(escape(e) for e in progress.examples), highlight=False)
+        if rate > max_error_rate:
+            _stderr().print(f"the error rate {rate:.1%} is above --max-error-rate {max_error_rate:g}: "
+                            "exit status 1 (fix the rows and rerun with --retry-errors)", highlight=False)
+            raise typer.Exit(1)
 
 
-def _row_prompts(row: ManifestRow, prompt: str, system_prompt: str) -> tuple[str, str]:
+def _row_prompts(row: ManifestRow, prompt: str, system_prompt: str | None) -> tuple[str, str | None]:
     row_system = row.data.get("system_prompt")
     return row.data.get("prompt") or prompt, system_prompt if row_system is None else row_system
 
 
-def _run_engine(rows: list[ManifestRow], writer: Any, progress: _RunProgress, *, engine: Engine,
-                prompt: str, system_prompt: str, sampling: SamplingParams) -> None:
+class _InOrder:
+    """Writes result lines in manifest order: a finished row waits until every row before
+    it is written (as vLLM's ``LLM.generate`` keeps the input order)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.waiting: dict[int, dict[str, Any]] = {}
+        self.next = 0
+        self.written = 0
+
+    def put(self, position: int, record: dict[str, Any]) -> None:
+        self.waiting[position] = record
+        while self.next in self.waiting:
+            self.writer.write(self.waiting.pop(self.next))
+            self.next += 1
+            self.written += 1
+
+
+def _usage(audio_seconds: float, audio_tokens: int | None, prompt_tokens: int | None,
+           completion_tokens: int | None, finish_reason: str | None) -> dict[str, Any]:
+    """The usage of one row: the same keys for a local run and for --endpoint (null when unknown)."""
+    return {"audio_seconds": round(audio_seconds, 3), "audio_tokens": audio_tokens,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "finish_reason": finish_reason}
+
+
+def _run_engine(rows: list[ManifestRow], writer: _InOrder, progress: _RunProgress, *, engine: Engine,
+                prompt: str, system_prompt: str | None, sampling: SamplingParams) -> None:
     from midashenglm.inference.engine import Request
     from midashenglm.inference.manifest import output_record
 
-    in_flight: dict[int, ManifestRow] = {}
+    in_flight: dict[int, tuple[int, ManifestRow]] = {}
     positions = itertools.count()  # iter_results numbers the requests in the order they are read
 
     def requests() -> Iterator[Request]:
-        for row in rows:
+        for position, row in enumerate(rows):
             if row.error:
-                writer.write(output_record(row, error=row.error))
-                progress.advance(error=True)
+                writer.put(position, output_record(row, error=row.error))
+                progress.advance(error=row.error)
                 continue
             row_prompt, row_system = _row_prompts(row, prompt, system_prompt)
-            in_flight[next(positions)] = row
+            in_flight[next(positions)] = position, row
             yield Request(build_conversation(str(row.audio_path), row_prompt, system_prompt=row_system), sampling,
                           str(row.index))
 
     for index, result in engine.iter_results(requests()):
-        row = in_flight.pop(index)
-        usage = {"audio_seconds": round(result.audio_seconds, 3), "audio_tokens": result.audio_tokens,
-                 "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                 "finish_reason": result.finish_reason}
+        position, row = in_flight.pop(index)
         if result.error is None:
-            writer.write(output_record(row, output=result.text, usage=usage))
+            usage = _usage(result.audio_seconds, result.audio_tokens, result.prompt_tokens,
+                           result.completion_tokens, result.finish_reason)
+            writer.put(position, output_record(row, output=result.text, usage=usage))
         else:
-            writer.write(output_record(row, error=result.error))
-        progress.advance(result.audio_seconds, error=result.error is not None)
+            writer.put(position, output_record(row, error=result.error))
+        progress.advance(result.audio_seconds, error=result.error)
 
 
 def _endpoint_client(endpoint: str, api_key: str | None, served_model: str | None) -> Any:
@@ -279,12 +336,43 @@ def _endpoint_client(endpoint: str, api_key: str | None, served_model: str | Non
         client = EndpointClient(endpoint, api_key=api_key, model=served_model)
         client.check()
     except Exception as err:  # noqa: BLE001 - the openai client has many error types
-        raise UserError(f"--endpoint {endpoint}: {err}") from None
+        raise UserError(f"--endpoint {endpoint}: {_describe(err)}") from None
     return client
 
 
-def _run_endpoint(rows: list[ManifestRow], writer: Any, progress: _RunProgress, *, client: Any,
-                  concurrency: int, prompt: str, system_prompt: str, sampling: SamplingParams) -> None:
+# The same 400 this many times in a row is the request's fault, not the rows' (e.g.
+# --max-new-tokens above the server's limit): the job stops instead of failing every row.
+SAME_400_LIMIT = 3
+
+
+def _systematic(err: BaseException) -> str | None:
+    """Why ``err`` would fail every row (the job stops), or None for a row's own error."""
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - the client needs openai
+        return None
+    if isinstance(err, openai.APITimeoutError):
+        return None  # one slow row
+    if isinstance(err, openai.APIConnectionError):
+        return f"cannot reach the server ({_describe(err)})"
+    if isinstance(err, openai.AuthenticationError | openai.PermissionDeniedError):
+        return f"the server refused the API key (--api-key or $MIDASHENGLM_API_KEY): {_describe(err)}"
+    if isinstance(err, openai.NotFoundError):
+        return f"not found at the server (a wrong --served-model or --endpoint?): {_describe(err)}"
+    return None
+
+
+def _bad_request(err: BaseException) -> str | None:
+    try:
+        import openai
+    except ImportError:  # pragma: no cover
+        return None
+    return _describe(err) if isinstance(err, openai.BadRequestError) else None
+
+
+def _run_endpoint(rows: list[ManifestRow], writer: _InOrder, progress: _RunProgress, *, client: Any,
+                  concurrency: int, prompt: str, system_prompt: str | None,
+                  sampling: dict[str, Any]) -> None:
     from midashenglm.inference.manifest import output_record
 
     def one(row: ManifestRow) -> Any:
@@ -292,35 +380,47 @@ def _run_endpoint(rows: list[ManifestRow], writer: Any, progress: _RunProgress, 
         return client.ask(row.audio_path, row_prompt, system_prompt=row_system or None,
                           sampling=sampling)
 
-    pending: dict[Future, ManifestRow] = {}
-    queue = iter(rows)
+    pending: dict[Future, tuple[int, ManifestRow]] = {}
+    queue = enumerate(rows)
+    same_400: tuple[str | None, int] = (None, 0)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="midashenglm-endpoint") as pool:
         while True:
             while len(pending) < 2 * concurrency:
-                row = next(queue, None)
+                position, row = next(queue, (None, None))
                 if row is None:
                     break
                 if row.error:
-                    writer.write(output_record(row, error=row.error))
-                    progress.advance(error=True)
+                    writer.put(position, output_record(row, error=row.error))
+                    progress.advance(error=row.error)
                     continue
-                pending[pool.submit(one, row)] = row
+                pending[pool.submit(one, row)] = position, row
             if not pending:
                 break
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                row = pending.pop(future)
+                position, row = pending.pop(future)
                 try:
                     answer = future.result()
                 except Exception as err:  # noqa: BLE001 - recorded, the job goes on
-                    writer.write(output_record(row, error=_describe(err)))
-                    progress.advance(error=True)
+                    why = _systematic(err)
+                    message = _bad_request(err)
+                    same_400 = (message, same_400[1] + 1 if message == same_400[0] else 1) if message \
+                        else (None, 0)
+                    if why is None and same_400[1] >= SAME_400_LIMIT:
+                        why = (f"the server refused {SAME_400_LIMIT} requests in a row with the same "
+                               f"error (400): {message}")
+                    if why is not None:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise UserError(f"--endpoint {client.base_url}: {why}; stopped after "
+                                        f"{writer.written} rows written (fix it and run the same "
+                                        "command again to resume)") from None
+                    writer.put(position, output_record(row, error=_describe(err)))
+                    progress.advance(error=_describe(err))
                     continue
-                usage = {"audio_seconds": round(answer.audio_seconds, 3),
-                         "prompt_tokens": answer.prompt_tokens,
-                         "completion_tokens": answer.completion_tokens,
-                         "finish_reason": answer.finish_reason}
-                writer.write(output_record(row, output=answer.text, usage=usage))
+                same_400 = (None, 0)
+                usage = _usage(answer.audio_seconds, answer.audio_tokens, answer.prompt_tokens,
+                               answer.completion_tokens, answer.finish_reason)
+                writer.put(position, output_record(row, output=answer.text, usage=usage))
                 progress.advance(answer.audio_seconds)
 
 
@@ -330,12 +430,16 @@ class _RunProgress:
     def __init__(self, total: int) -> None:
         self.bar = ProgressBar(total, "inference")
         self.done = self.errors = 0
+        self.examples: list[str] = []  # the first few errors, for the summary
         self.audio_seconds = 0.0
         self.t0 = time.perf_counter()
 
-    def advance(self, audio_seconds: float = 0.0, *, error: bool = False) -> None:
+    def advance(self, audio_seconds: float = 0.0, *, error: str | None = None) -> None:
         self.done += 1
-        self.errors += error
+        if error is not None:
+            self.errors += 1
+            if len(self.examples) < 3:
+                self.examples.append(error)
         self.audio_seconds += audio_seconds
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         self.bar.advance(1, f"{self.done / elapsed:.2f} clips/s, {self.audio_seconds / 3600 / elapsed:.4f} audio-h/s")
@@ -349,12 +453,27 @@ class _RunProgress:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> SamplingParams:
+def _sampling_options(max_new_tokens: int, temperature: float | None, top_p: float | None,
+                      top_k: int | None, seed: int | None) -> dict[str, Any]:
+    """The decoding options the user gave (checked now, before the model loads)."""
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+             "top_k": top_k, "seed": seed}
+    given = {k: v for k, v in given.items() if v is not None}
+    _params(given, None)
+    return given
+
+
+def _sampling(given: dict[str, Any], engine: Engine) -> SamplingParams:
+    """The options given, the rest from the checkpoint's generation_config (as the server)."""
+    return _params(given, getattr(engine.model, "generation_config", None))
+
+
+def _params(given: dict[str, Any], generation_config: Any) -> SamplingParams:
+    from midashenglm.conversation import generation_defaults
     from midashenglm.inference.params import SamplingParams
 
     try:
-        return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              seed=seed)
+        return SamplingParams(**{**generation_defaults(generation_config), **given})
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -381,7 +500,5 @@ _STDERR: Any = None
 def _stderr() -> Any:
     global _STDERR
     if _STDERR is None:
-        from rich.console import Console
-
-        _STDERR = Console(stderr=True)
+        _STDERR = stderr_console()
     return _STDERR

@@ -24,7 +24,9 @@ from midashenglm.modeling.weights import (
     load_config,
     load_state,
     resolve_checkpoint,
+    resolve_device_args,
     resolve_dtype,
+    resolve_dtype_args,
     weight_files,
     write_json_file,
     write_weights,
@@ -62,10 +64,12 @@ class MiDashengLM(PreTrainedModel):
         path_or_id: str | os.PathLike,
         *,
         dtype: str | torch.dtype | None = "auto",
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         allow_pickle: bool = False,
         revision: str | None = None,
         token: str | bool | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        device_map: Any = None,
     ) -> MiDashengLM:
         """Load a checkpoint in the published layout (folder or Hub id).
 
@@ -73,13 +77,21 @@ class MiDashengLM(PreTrainedModel):
         :class:`~midashenglm.modeling.weights.CheckpointError` naming them all); the
         weights are allocated once, in their final dtype and on their final device.
         ``dtype="auto"`` uses the dtype stored in config.json; the log-mel front end
-        always runs in fp32 whatever the dtype.
+        always runs in fp32 whatever the dtype. ``torch_dtype`` is transformers' older
+        name for ``dtype``.
+
+        ``device``: "cpu" (the default), "cuda", "cuda:N", "mps", a ``torch.device``, or
+        "auto" (the first CUDA GPU, else MPS, else the CPU); a device this machine lacks is
+        a ``ValueError``. transformers' ``device_map`` works for a model on one device:
+        "auto", a device, or ``{"": device}``; per-module maps are refused.
         """
+        target = resolve_device_args(device, device_map, default="cpu")
+        dtype = resolve_dtype_args(dtype, torch_dtype)
         folder = resolve_checkpoint(path_or_id, revision=revision, token=token, allow_pickle=allow_pickle)
         config = load_config(folder)
         files = weight_files(folder, allow_pickle=allow_pickle)
         torch_dtype = resolve_dtype(dtype, config)
-        model = cls.build_empty(config, torch_dtype, device)
+        model = cls.build_empty(config, torch_dtype, target)
         optional = model.tied_checkpoint_keys()
         load_state(model, iter_tensors(files), source=str(folder), optional=optional)
         if optional:
@@ -121,7 +133,9 @@ class MiDashengLM(PreTrainedModel):
     ) -> Path:
         """Write the published layout (config.json, safetensors shards + index, generation config).
 
-        What this writes loads back bit-identically; ``dtype`` casts the stored
+        The tokenizer and chat template are the processor's: save both into the same
+        folder, as with transformers (``model.save_pretrained(d); processor.save_pretrained(d)``),
+        and the folder loads and runs alone. What this writes loads back bit-identically; ``dtype`` casts the stored
         floating-point tensors (and is recorded in config.json).
         """
         directory = Path(directory)

@@ -63,8 +63,8 @@ def resolve_checkpoint(
         return path
     if path.exists():
         raise CheckpointError(f"{path}: expected a checkpoint folder, found a file")
-    if str(path_or_id).startswith((".", "/", "~")) or os.sep + os.sep in str(path_or_id):
-        raise CheckpointError(f"{path}: no such checkpoint folder")
+    if _looks_local(str(path_or_id)):
+        raise CheckpointError(f"{path}: no such checkpoint folder (the folder does not exist)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -78,8 +78,19 @@ def resolve_checkpoint(
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         raise CheckpointError(
             f"{path_or_id}: not a local folder, and the Hub download failed ({err}). "
-            "Offline? Download it once (huggingface-cli download ID) or pass a folder."
+            "Offline? Download it once (hf download ID) or pass a folder."
         ) from None
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_local(text: str) -> bool:
+    """A path the user meant as a folder: starts with / . ~, or has a separator and is no repo id."""
+    if text.startswith((".", "/", "~")) or os.sep + os.sep in text:
+        return True
+    seps = {os.sep, "/"} if os.altsep is None else {os.sep, os.altsep, "/"}
+    return any(sep in text for sep in seps) and not _REPO_ID.match(text)
 
 
 def read_json_file(path_or_id: str | os.PathLike, name: str) -> dict[str, Any] | None:
@@ -96,7 +107,12 @@ def read_json_file(path_or_id: str | os.PathLike, name: str) -> dict[str, Any] |
         if path is None:
             return None
     file = path / name
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
 
 
 # ----------------------------------------------------------------------------- config
@@ -107,6 +123,8 @@ def load_config(folder: Path) -> MiDashengLMConfig:
     data = read_json_file(folder, CONFIG_NAME)
     if data is None:
         raise CheckpointError(f"{folder}: no {CONFIG_NAME}")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{folder / CONFIG_NAME}: expected a JSON object, found {type(data).__name__}")
     model_type = data.get("model_type")
     if model_type not in ACCEPTED_MODEL_TYPES:
         raise CheckpointError(
@@ -116,7 +134,7 @@ def load_config(folder: Path) -> MiDashengLMConfig:
     data = {k: v for k, v in data.items() if k not in ("model_type", "auto_map", "transformers_version")}
     try:
         return MiDashengLMConfig(**data)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AttributeError, KeyError) as err:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {err}") from None
 
 
@@ -142,6 +160,104 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: Any = None) -> torch.
     return value
 
 
+def resolve_dtype_args(dtype: Any = "auto", torch_dtype: Any = None) -> Any:
+    """``dtype``, or transformers' older name ``torch_dtype`` for it (refused when both differ)."""
+    if torch_dtype is None:
+        return dtype
+    if dtype not in (None, "auto") and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
+        raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} differ: pass only dtype")
+    return torch_dtype
+
+
+_DEVICE_HELP = "use cpu, cuda, cuda:N, mps or auto"
+
+
+def device_from_map(device_map: Any) -> str | torch.device:
+    """transformers' ``device_map`` for a model on one device: "auto", a device, or ``{"": device}``."""
+    if isinstance(device_map, Mapping):
+        if set(device_map) == {""}:
+            return device_from_map(device_map[""])
+        raise ValueError(
+            f"device_map={dict(device_map)!r}: per-module device maps are not supported; the model "
+            f"runs on one device (pass device_map='auto', a device, or {{'': device}}; {_DEVICE_HELP})"
+        )
+    if isinstance(device_map, bool):  # bool is an int: refuse before the int case
+        raise ValueError(f"device_map={device_map!r}: not a device ({_DEVICE_HELP})")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    if isinstance(device_map, torch.device):
+        return device_map
+    if isinstance(device_map, str):
+        if device_map in ("balanced", "balanced_low_0", "sequential"):
+            raise ValueError(
+                f"device_map={device_map!r}: splitting the model over devices is not supported; "
+                f"the model runs on one device ({_DEVICE_HELP})"
+            )
+        return device_map
+    raise ValueError(f"device_map={device_map!r}: not a device ({_DEVICE_HELP})")
+
+
+def resolve_device_args(device: Any = None, device_map: Any = None, *, default: Any = "cpu") -> torch.device:
+    """One device from ``device`` and/or ``device_map`` (refused when both name different ones)."""
+    if device_map is not None:
+        mapped = resolve_device(device_from_map(device_map))
+        if device is not None and resolve_device(device) != mapped:
+            raise ValueError(f"device={device!r} and device_map={device_map!r} differ: pass only one")
+        return mapped
+    return resolve_device(default if device is None else device)
+
+
+def resolve_device(device: str | torch.device | int | None = "auto") -> torch.device:
+    """A usable torch device: ``"auto"`` (or None) is the first CUDA GPU, else Apple's MPS, else the CPU.
+
+    A device this machine lacks (``cuda`` without CUDA, ``cuda:7`` with two GPUs, ``mps``
+    off a Mac) or an unknown name is a ``ValueError`` saying so, before any weight is read.
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if isinstance(device, bool):
+        raise ValueError(f"unknown device {device!r} ({_DEVICE_HELP})")
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    if not isinstance(device, torch.device):
+        try:
+            device = torch.device(str(device).strip())
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"unknown device {device!r} ({_DEVICE_HELP})") from None
+    if device.type in ("cpu", "meta"):
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else "no CUDA GPU or driver found"
+            raise ValueError(
+                f"device {str(device)!r}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}, {built}); use cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device {str(device)!r}: Apple MPS is not available on this machine; use cpu or auto")
+        return device
+    backend = getattr(torch, device.type, None)
+    if backend is not None and callable(getattr(backend, "is_available", None)) and backend.is_available():
+        return device
+    raise ValueError(f"device {str(device)!r}: {device.type} is not available on this machine ({_DEVICE_HELP})")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 # ---------------------------------------------------------------------- reading tensors
 def weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
     """The weight files of a checkpoint folder, safetensors preferred."""
@@ -150,7 +266,10 @@ def weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
         index = folder / index_name
         files: list[Path] = []
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            try:
+                weight_map = json.loads(index.read_text()).get("weight_map", {})
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+                raise CheckpointError(f"{index}: not a valid index file ({err})") from None
             files = [folder / f for f in sorted(set(weight_map.values()))]
             absent = [f.name for f in files if not f.is_file()]
             if absent:
@@ -168,17 +287,34 @@ def weight_files(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
     raise CheckpointError(f"{folder}: no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} found")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) over every shard, one shard in memory at a time."""
+def open_safetensors(file: Path) -> Any:
+    """``safe_open`` on ``file``; a truncated or corrupt file is a CheckpointError naming it."""
     from safetensors import safe_open
 
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as err:  # safetensors' own error type (Rust) or an OSError
+        raise CheckpointError(f"{file}: not a valid safetensors file (truncated?): {err}") from None
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) over every shard, one shard in memory at a time."""
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt", device="cpu") as shard:
+            with open_safetensors(file) as shard:
                 for key in shard.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield key, shard.get_tensor(key)
+                    try:
+                        tensor = shard.get_tensor(key)
+                    except Exception as err:
+                        raise CheckpointError(
+                            f"{file}: not a valid safetensors file (truncated?): tensor {key}: {err}"
+                        ) from None
+                    yield key, tensor
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise CheckpointError(f"{file}: not a loadable weights file ({err})") from None
             yield from state.items()
 
 

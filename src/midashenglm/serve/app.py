@@ -514,14 +514,11 @@ def _stats(engine: Any) -> dict[str, int]:
 
 
 def _default_sampling(generation_config: Any) -> dict[str, Any]:
-    """The checkpoint's own sampling settings apply when a request does not say (as vLLM)."""
-    if not getattr(generation_config, "do_sample", False):
-        return {"temperature": 0.0}
-    return {
-        "temperature": float(getattr(generation_config, "temperature", None) or 1.0),
-        "top_p": float(getattr(generation_config, "top_p", None) or 1.0),
-        "top_k": int(getattr(generation_config, "top_k", None) or 0),
-    }
+    """The checkpoint's own sampling settings apply when a request does not say (as vLLM);
+    the rule lives in :func:`midashenglm.conversation.generation_defaults`, shared with the CLI."""
+    from midashenglm.conversation import generation_defaults
+
+    return generation_defaults(generation_config)
 
 
 def _finish(reason: str) -> str:

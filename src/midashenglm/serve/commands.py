@@ -16,7 +16,7 @@ from midashenglm.cli_options import (
     MaxNumSeqsOption,
     engine_config,
 )
-from midashenglm.errors import UserError
+from midashenglm.errors import UserError, stderr_console
 from midashenglm.inference.config import EngineConfig
 from midashenglm.serve import API_KEY_ENV
 
@@ -79,12 +79,11 @@ def serve(
     OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none") (or the --api-key).
     """
     import uvicorn
-    from rich.console import Console
 
     from midashenglm.serve.app import ServeConfig, create_app
     from midashenglm.serve.audio_input import allowed_dirs
 
-    console = Console(stderr=True)
+    console = stderr_console()
     # Check every option before the (possibly long) model load.
     try:
         config = ServeConfig(

@@ -23,11 +23,13 @@ Number reading: 10-19 drop the leading 一 (十二), inner zeros read once (一�
 alone (二十, 二), decimals digit by digit after 点. Like SpeechIO, each stage finds its
 matches first and then replaces the *first occurrence* of each matched string, which
 is where the reference tool can rewrite a different place than it matched; we keep
-that behaviour so that CER values match the official script. ``\\d`` also matches
-full-width digits (０-９), which are therefore read out like ASCII ones.
+that behaviour so that CER values match the official script.
 
-Full-width to half-width conversion (``to_halfwidth``) is off in the official
-configuration and off by default here.
+Full-width ASCII forms (digits ０-９, letters, punctuation such as ％ ． ： ／ －, and the
+ideographic space U+3000) are first mapped to their ASCII forms, so that "１０元" reads
+exactly like "10元" (十元) and "２０１９年３月１５日" like the ASCII date. (SpeechIO's ``\\d``
+matches full-width digits but its number reader does not read them: "１０元" became
+"十零元"; we read them as the ASCII digits they stand for.)
 """
 
 from __future__ import annotations
@@ -92,9 +94,10 @@ def number_to_chinese(number: str, *, use_units: bool = True, use_liang: bool = 
     """Read a decimal number string in Chinese characters.
 
     ``use_units=False`` reads the integer part digit by digit (codes, years, phone
-    numbers); ``use_liang`` reads 2 as 两 before 百/千/万/亿.
+    numbers); ``use_liang`` reads 2 as 两 before 百/千/万/亿. Full-width digits and
+    point (１２．５) read like ASCII ones.
     """
-    integer, _, decimals = number.partition(".")
+    integer, _, decimals = to_ascii(number).partition(".")
     if "." in decimals:
         raise ValueError(f"{number!r} has more than one decimal point")
     if use_units and len(integer) > 1:
@@ -187,8 +190,17 @@ _STAGES: tuple[tuple[re.Pattern[str], int, Callable[[str], str]], ...] = (
 _LETTER_TWO_LETTER = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")
 
 
+def to_ascii(text: str) -> str:
+    """Full-width ASCII forms (U+FF01-U+FF5E) and the ideographic space to ASCII."""
+    return text.translate(_TO_HALFWIDTH)
+
+
 def normalize_numbers(text: str) -> str:
-    """Stages 1-10: every number, date, phone number, fraction and percentage in characters."""
+    """Stages 1-10: every number, date, phone number, fraction and percentage in characters.
+
+    Full-width digits, letters and punctuation are read as their ASCII forms.
+    """
+    text = to_ascii(text)
     # Sentinels so that patterns needing a non-digit on each side also match at the ends.
     text = "^" + text + "$"
     for pattern, group, rewrite in _STAGES:
@@ -205,8 +217,9 @@ def normalize_numbers(text: str) -> str:
 class ChineseTextNormalizer:
     """SpeechIO-style normaliser with the options the official WER script uses (all off).
 
-    ``to_halfwidth`` first maps full-width ASCII forms (Ａ, ＃, the ideographic space) to
-    their half-width forms; the official configuration leaves it off.
+    Full-width ASCII forms (１, Ａ, ％, the ideographic space) are always mapped to their
+    ASCII forms before numbers are read (:func:`normalize_numbers`); ``to_halfwidth`` is
+    kept for compatibility and changes nothing any more.
     """
 
     def __init__(self, *, to_halfwidth: bool = False) -> None:

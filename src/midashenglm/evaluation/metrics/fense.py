@@ -67,6 +67,26 @@ _KNOWN_HEADS = {"bert-base-uncased": 12, "prajjwal1/bert-tiny": 2}
 _NOT_WORD = re.compile(r"[^\w\s]")
 
 
+HUB_HOST = ("huggingface.co", 443)
+HUB_CONNECT_TIMEOUT = 2.0  # seconds: an unreachable Hub is told at once, not after retries
+
+
+def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
+    """Whether the Hub may be asked: not ``HF_HUB_OFFLINE`` and a TCP connect succeeds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    import ssl
+
+    # A TLS handshake, not only a TCP connect: some networks accept every connection.
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout) as raw, \
+                ssl.create_default_context().wrap_socket(raw, server_hostname=HUB_HOST[0]):
+            return True
+    except OSError:  # ssl.SSLError and socket.timeout are OSErrors
+        return False
+
+
 def fense_data_dir() -> Path:
     """Where the official FENSE package caches its checkpoints (``$FENSE_DATA``)."""
     return Path(os.environ.get("FENSE_DATA", "~/.fense_data")).expanduser()
@@ -87,16 +107,27 @@ def load_sentence_model(name_or_path: str | None = None, device: str = "cpu") ->
             )
         return SentenceTransformer(str(path), device=device)
     try:
-        return SentenceTransformer(name, device=device)
+        # The local cache first: without HF_HUB_OFFLINE an offline machine would otherwise
+        # retry the network for about a minute before failing.
+        return SentenceTransformer(name, device=device, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
-        hub = name if "/" in name else f"sentence-transformers/{name}"
-        raise UserError(
-            f"sentence model {name!r} is not available offline ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'not found'}). Download it once "
-            f"with `hf download {hub}` (any machine with internet, then copy the Hugging "
-            "Face cache), or pass a sentence-transformers folder with --sbert-model DIR "
-            "(or set MIDASHENGLM_SBERT_MODEL=DIR)"
-        ) from None
+        error: Exception = err
+    if hub_reachable():
+        try:
+            return SentenceTransformer(name, device=device)
+        except (OSError, ValueError, RuntimeError) as err:
+            error = err
+    else:
+        error = OSError("not in the local Hugging Face cache, and huggingface.co is not "
+                        "reachable")
+    hub = name if "/" in name else f"sentence-transformers/{name}"
+    raise UserError(
+        f"sentence model {name!r} is not available offline ({type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else 'not found'}). Download it once "
+        f"with `hf download {hub}` (any machine with internet, then copy the Hugging "
+        "Face cache), or set MIDASHENGLM_SBERT_MODEL=DIR to a sentence-transformers "
+        "folder (`midashenglm evaluate` and `report`: --sbert-model DIR)"
+    ) from None
 
 
 # ------------------------------------------------------------------ error detector
@@ -115,15 +146,16 @@ def resolve_echecker(name_or_path: str | None = None) -> Path | None:
         return cached
     release = ECHECKER_RELEASES.get(name)
     how = (
-        f"download {release[0]} (sha256 {release[1]}) to {cached}, or pass the file with "
-        "--echecker FILE"
+        f"download {release[0]} (sha256 {release[1]}) to {cached}, or "
+        "set MIDASHENGLM_ECHECKER=FILE"
         if release
-        else "pass an existing checkpoint file with --echecker FILE"
+        else "set MIDASHENGLM_ECHECKER=FILE to an existing checkpoint file"
     )
     raise UserError(
         f"error-detector checkpoint {name!r} not found (no file {path}, no {cached}). "
-        f"To provide it, {how} (or set MIDASHENGLM_ECHECKER=FILE; FENSE_DATA=DIR changes "
-        "the cache folder); --echecker none turns the fluency penalty off"
+        f"To provide it, {how} (FENSE_DATA=DIR changes the cache folder; "
+        "MIDASHENGLM_ECHECKER=none turns the fluency penalty off; `midashenglm evaluate` "
+        "and `report` also take --echecker FILE or --echecker none)"
     )
 
 
@@ -239,15 +271,22 @@ def _load_tokenizer(name: str, checkpoint: Path) -> Any:
     from transformers import AutoTokenizer
 
     folder = Path(name).expanduser()
+    source = str(folder) if folder.is_dir() else name
     try:
-        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name)
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:
+        error: Exception = err
+    try:
+        if folder.is_dir() or not hub_reachable():
+            raise error
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise UserError(
             f"the error detector {checkpoint.name} needs the {name!r} tokenizer (vocab.txt, "
             f"a few hundred kB), which is not available offline ({type(err).__name__}). "
             f"Download it once with `hf download {name} vocab.txt tokenizer_config.json "
             "tokenizer.json`, or pass a folder holding a BERT uncased tokenizer with "
-            "--echecker-tokenizer DIR"
+            "`midashenglm evaluate --echecker-tokenizer DIR`"
         ) from None
 
 
