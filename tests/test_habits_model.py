@@ -250,3 +250,24 @@ def test_missing_local_folder_says_it_does_not_exist(path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist") as err:
         MiDashengLM.from_pretrained(path)
     assert "Repo id" not in str(err.value)
+
+
+def test_init_refuses_a_file_as_out_and_fits_an_inline_decoder_to_the_tokenizer(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "midashenglm.cli", "init", "--encoder", "tiny"]
+    a_file = tmp_path / "c0.wav"
+    a_file.write_bytes(b"RIFF")
+    bad = subprocess.run([*cli, "--decoder", "tiny", "--out", str(a_file)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is a file" in bad.stderr and "Traceback" not in bad.stderr
+    decoder = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    out = tmp_path / "m2"
+    ok = subprocess.run([*cli, "--decoder", json.dumps(decoder), "--out", str(out)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    from tokenizers import Tokenizer
+
+    tokens = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    assert json.loads((out / "config.json").read_text())["text_config"]["vocab_size"] == tokens == 512

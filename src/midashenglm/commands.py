@@ -188,11 +188,17 @@ def init(
     if encoder not in ENCODER_PRESETS:
         raise UserError(f"--encoder {encoder!r}: choose one of {', '.join(ENCODER_PRESETS)}")
     text_config = _decoder_config(decoder, DECODER_PRESETS)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the checkpoint")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out}: folder is not empty (pass --force to write into it)")
     torch_dtype = resolve_dtype(dtype)
 
     processor = MiDashengLMProcessor(_load_tokenizer(tokenizer))
+    if "vocab_size" not in text_config:
+        # Not given: the decoder's embedding fits the tokenizer written beside it (a
+        # transformers default such as Qwen2's 151,936 would give ids it cannot decode).
+        text_config = {**text_config, "vocab_size": len(processor.tokenizer)}
     vocab_size = getattr(build_text_config(text_config), "vocab_size", None) or 0
     if len(processor.tokenizer) > vocab_size:
         raise UserError(

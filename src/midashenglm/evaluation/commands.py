@@ -18,7 +18,7 @@ from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
 
 # benchmark: exit 2 when more than this fraction of the rows attempted in a run failed.
-DEFAULT_MAX_ERROR_RATE = 0.05
+DEFAULT_MAX_ERROR_RATE = 0.0  # as `run`: any failed row exits 1 unless tolerated
 
 
 def register(app: typer.Typer) -> None:
@@ -210,8 +210,8 @@ def _register_benchmark(app: typer.Typer) -> None:
             "--no-score", help="Only write the result file.")] = False,
         max_error_rate: Annotated[float, typer.Option(
             min=0.0, max=1.0,
-            help="Exit with status 2 when more than this fraction of the rows attempted in "
-                 "this run failed (error rows).")] = DEFAULT_MAX_ERROR_RATE,
+            help="Largest fraction of the rows attempted in this run that may fail (error rows) "
+                 "and still exit 0; above it the job exits 1, as `run` does. Default 0.")] = DEFAULT_MAX_ERROR_RATE,
     ) -> None:
         """Run a model over a benchmark with the paper's prompt; write and score the results.
 
@@ -219,8 +219,8 @@ def _register_benchmark(app: typer.Typer) -> None:
         the task's published prompt, appends one row per item to the official JSONL
         result file (resumable: a rerun skips what is there; a clip that fails becomes a
         row with an 'error' field) and prints the paper's metric (x100). Exits with
-        status 2 when the file could not be scored, when every row is an error, or when
-        the error rows exceed --max-error-rate of the rows attempted.
+        status 2 when the file could not be scored or every row is an error, and 1 when
+        the error rows exceed --max-error-rate of the rows attempted (as `run`).
         """
         from rich.console import Console
 
@@ -254,10 +254,13 @@ def _register_benchmark(app: typer.Typer) -> None:
         elif not no_score:
             why = summary.score_error or "no row could be scored"
             problem = f"error: {summary.out} was not scored: {why}"
-        problem = _error_summary(console, summary, max_error_rate) or problem
-        if problem:
-            Console(stderr=True, soft_wrap=True).print(problem, highlight=False, markup=False)
-            raise typer.Exit(2)
+        too_many = _error_summary(console, summary, max_error_rate)
+        every = bool(summary.errors) and summary.errors == summary.written
+        message = too_many if every else (problem or too_many)
+        if message:
+            Console(stderr=True, soft_wrap=True).print(message, highlight=False, markup=False)
+            # 2: the job could not do its work; 1: it did, but more rows failed than tolerated.
+            raise typer.Exit(2 if problem or every else 1)
 
 
 def _error_summary(console: Any, summary: Any, max_error_rate: float) -> str | None:

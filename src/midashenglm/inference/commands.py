@@ -137,7 +137,7 @@ def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | Non
             max_batch_audio_seconds: float, as_json: bool) -> None:
     for path, _ in jobs:
         if not path.is_file():
-            raise UserError(f"{path}: no such file")
+            raise UserError(f"{path}: is a folder, not an audio file" if path.is_dir() else f"{path}: no such file")
     given = _sampling_options(max_new_tokens, temperature, top_p, top_k, seed)
     engine = _engine(model, device, dtype, engine_config(max_batch_audio_seconds=max_batch_audio_seconds))
     sampling = _sampling(given, engine)
@@ -259,8 +259,10 @@ def run(
                     f"{progress.audio_seconds / 3600:.3f} h of audio)", highlight=False)
     if progress.errors:
         rate = progress.errors / max(progress.done, 1)
-        _stderr().print(f"[bold red]error:[/] {progress.errors} of {progress.done} rows failed "
-                        f"({rate:.1%}); first: "
+        level = "[bold red]error:[/]" if rate > max_error_rate else "[bold yellow]warning:[/]"
+        shown = len(progress.examples)
+        _stderr().print(f"{level} {progress.errors} of {progress.done} rows failed ({rate:.1%}); "
+                        f"{'the first ' + str(shown) if shown < progress.errors else 'they'}: "
                         + "; ".join(escape(e) for e in progress.examples), highlight=False)
         if rate > max_error_rate:
             _stderr().print(f"the error rate {rate:.1%} is above --max-error-rate {max_error_rate:g}: "
