@@ -90,6 +90,15 @@ def tiny_checkpoint(tmp_path_factory, tiny_model, processor) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    """An inference engine on the tiny checkpoint, one per test module (the server tests)."""
+    from midashenglm.inference import Engine
+
+    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
+        yield eng
+
+
 def clip(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
     """Noise plus a tone: a realistic dynamic range for the 120 dB floor."""
     rng = np.random.default_rng(seed)

@@ -160,7 +160,7 @@ def test_bad_options_give_one_error_line(args, message):
 def test_peak_memory_and_timer_measure_what_happens():
     import torch
 
-    from midashenglm.bench.measure import PeakMemory, time_call
+    from midashenglm.bench.measure import PeakMemory, Side, time_interleaved
     from midashenglm.bench.peak import matmul_peak, memory_bandwidth
 
     device = torch.device("cpu")
@@ -174,8 +174,9 @@ def test_peak_memory_and_timer_measure_what_happens():
     assert big.peak_bytes >= 250 * 2**20 > small.peak_bytes
 
     seen = []
-    stats = time_call(seen.append, lambda i: i, device=device, warmup=2, repeats=3)
+    result = time_interleaved([Side("a", seen.append, lambda i: i)], device=device, warmup=2, repeats=3)["a"]
     assert seen == [10_000, 10_001, 0, 1, 2]  # warm-up inputs first, then fresh ones per repeat
+    stats = result.stats
     assert stats.min <= stats.median <= stats.max and len(stats.times) == 3
     peak = matmul_peak(device, torch.float32, sizes=(128,), budget_s=0.05)
     assert peak.flops_per_s > 1e8 and peak.size == 128

@@ -134,7 +134,7 @@ def test_fullwidth_examples_of_the_report(text, expected):
 
 
 def test_chinese_halfwidth_option():
-    assert ChineseTextNormalizer(to_halfwidth=True)("ＡＢＣ　１２３个") == "ABC 一百二十三个"
+    assert ChineseTextNormalizer()("ＡＢＣ　１２３个") == "ABC 一百二十三个"
 
 
 def test_first_occurrence_quirk_is_kept():

@@ -18,9 +18,9 @@ import pytest
 import soundfile as sf
 
 from midashenglm.audio import load_audio
-from midashenglm.conversation import build_conversation
+from midashenglm.conversation import DEFAULT_SYSTEM_PROMPT, build_conversation
 from midashenglm.inference import Engine, Request, SamplingParams
-from midashenglm.inference.commands import CAPTION_PROMPT, SYSTEM_PROMPT
+from midashenglm.inference.commands import CAPTION_PROMPT
 from tests.conftest import clip
 
 CLI = [sys.executable, "-m", "midashenglm.cli"]
@@ -49,7 +49,7 @@ def audio_dir(tmp_path_factory, speech_wav) -> Path:
 
 def expected_text(tiny_model, processor, path: Path, prompt: str, max_new: int) -> str:
     """What the engine answers in-process: the CLI must print exactly this."""
-    request = Request(build_conversation(str(path), prompt, system_prompt=SYSTEM_PROMPT), SamplingParams(max_new_tokens=max_new))
+    request = Request(build_conversation(str(path), prompt, system_prompt=DEFAULT_SYSTEM_PROMPT), SamplingParams(max_new_tokens=max_new))
     return Engine(tiny_model, processor).generate([request])[0].text
 
 
@@ -206,7 +206,7 @@ def test_run_resumes_after_kill(tiny_checkpoint, tiny_model, processor, tmp_path
     results = read_jsonl(out)
     assert sorted(r["_row"] for r in results) == list(range(30))  # none lost, none twice
     # Same answers as one uninterrupted run (greedy answers do not depend on the batch).
-    requests = [Request(build_conversation(str(clips_dir / f"{i}.wav"), CAPTION_PROMPT, system_prompt=SYSTEM_PROMPT),
+    requests = [Request(build_conversation(str(clips_dir / f"{i}.wav"), CAPTION_PROMPT, system_prompt=DEFAULT_SYSTEM_PROMPT),
                         SamplingParams(max_new_tokens=16)) for i in range(30)]
     uninterrupted = Engine(tiny_model, processor, max_num_seqs=2).generate(requests)
     assert {r["_row"]: r["model_output"] for r in results} == {i: r.text for i, r in enumerate(uninterrupted)}

@@ -49,7 +49,7 @@ def test_scheduler_budgets_rows_audio_and_kv_slots():
     scheduler.finish([reqs[0]])
     assert scheduler.schedule(kv_width=110).scheduled_new_reqs == []
     plan = scheduler.schedule(kv_width=100)
-    assert plan.scheduled_new_reqs == [reqs[2]] and plan.decode and plan.joins_running_batch
+    assert plan.scheduled_new_reqs == [reqs[2]] and plan.decode
 
 
 def test_scheduler_shares_audio_seconds_of_one_clip_and_takes_an_oversized_request_alone():

@@ -44,12 +44,6 @@ MAX_BODY = 2 * 2**20
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_checkpoint):
-    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
-        yield eng
-
-
-@pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     allowed = tmp_path_factory.mktemp("allowed")
     outside = tmp_path_factory.mktemp("outside")
@@ -461,7 +455,6 @@ def test_serve_command_checks_engine_and_key_options(tmp_path, monkeypatch, opti
     from typer.testing import CliRunner
 
     from midashenglm.cli import app
-    from midashenglm.inference import Engine
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
@@ -476,7 +469,7 @@ def test_serve_engine_options_are_the_engine_config_fields(tmp_path, monkeypatch
     from typer.testing import CliRunner
 
     from midashenglm.cli import app
-    from midashenglm.inference import Engine, EngineConfig
+    from midashenglm.inference import EngineConfig
 
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

@@ -15,7 +15,6 @@ import threading
 import httpx
 import pytest
 
-from midashenglm.inference import Engine
 from midashenglm.serve.app import ServeConfig, create_app
 from tests.conftest import clip
 from tests.serve_helpers import (
@@ -28,12 +27,6 @@ from tests.serve_helpers import (
 )
 
 MAX_TOKENS = 1500
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint):
-    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
-        yield eng
 
 
 @pytest.fixture

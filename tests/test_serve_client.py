@@ -11,19 +11,13 @@ import pytest
 
 from midashenglm.audio import load_audio
 from midashenglm.conversation import build_conversation
-from midashenglm.inference import Engine, Request, SamplingParams
+from midashenglm.inference import Request, SamplingParams
 from midashenglm.inference.client import EndpointClient, openai_messages, wav_bytes
 from midashenglm.serve.app import ServeConfig, create_app
 from tests.conftest import clip
 from tests.serve_helpers import ServerThread
 
 KEY = "client-key"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint):
-    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
-        yield eng
 
 
 @pytest.fixture(scope="module")

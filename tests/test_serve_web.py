@@ -15,7 +15,6 @@ import httpx
 import numpy as np
 import pytest
 
-from midashenglm.inference import Engine
 from midashenglm.serve.app import ServeConfig, create_app
 from tests.conftest import clip, need
 from tests.serve_helpers import ServerThread, audio_part, chat_body, wav_bytes
@@ -24,12 +23,6 @@ CHROMIUM = os.environ.get("MIDASHENGLM_CHROMIUM") or shutil.which("chromium") or
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 QUESTION = "What can you hear in this clip?"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint):
-    with Engine.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32") as eng:
-        yield eng
 
 
 @pytest.fixture(scope="module")

@@ -105,30 +105,6 @@ class Stats:
         return asdict(self)
 
 
-def time_call(
-    fn: Callable[[Any], Any],
-    make_inputs: Callable[[int], Any],
-    *,
-    device: torch.device,
-    warmup: int = 1,
-    repeats: int = 3,
-) -> Stats:
-    """Time ``fn(make_inputs(i))``: ``warmup`` untimed runs, then ``repeats`` timed runs
-    on inputs made fresh (``i`` is the run's index, a seed) outside the timed region."""
-    for i in range(warmup):
-        fn(make_inputs(10_000 + i))
-    synchronize(device)
-    times = []
-    for i in range(repeats):
-        inputs = make_inputs(i)
-        synchronize(device)
-        start = time.perf_counter()
-        fn(inputs)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return Stats.of(times)
-
-
 @dataclass
 class Side:
     """One side of an interleaved measurement: ``run(make(i))`` is timed, ``make`` is not.
@@ -265,13 +241,6 @@ class PeakMemory:
         else:
             peak = _proc_status_kib("VmHWM") * 1024
         self.peak_bytes = max(peak - self.start_bytes, 0)
-
-
-def resident_bytes(device: torch.device) -> int:
-    """Memory in use now: CUDA allocated bytes, or the process's resident set."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    return _proc_status_kib("VmRSS") * 1024 if PeakMemory.cpu_supported() else 0
 
 
 def available_memory_bytes() -> int | None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from midashenglm import jsonl
+from midashenglm.conversation import DEFAULT_SYSTEM_PROMPT
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
 from midashenglm.progress import ProgressBar
@@ -188,7 +189,7 @@ def run_benchmark(
     dtype: str = "auto",
     max_new_tokens: int | None = None,
     prompt_style: str = T.MIDASHENGLM,
-    system_prompt: str | None = T.DEFAULT_SYSTEM_PROMPT,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     model_name: str | None = None,
     retry_errors: bool = False,
     score: bool = True,

@@ -27,9 +27,6 @@ QWEN = "qwen2.5-omni"
 KIMI = "kimi-audio"
 PROMPT_STYLES = (MIDASHENGLM, QWEN, KIMI)
 
-# The prompt table gives no system prompt for MiDashengLM; the one rule of the project
-# (midashenglm.conversation) injects none by default, in the CLI, the server and here alike.
-DEFAULT_SYSTEM_PROMPT: str | None = None
 
 LETTERS = string.ascii_uppercase
 

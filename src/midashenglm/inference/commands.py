@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CAPTION_PROMPT = "Write an audio caption describing the sound"
 TRANSCRIBE_PROMPT = "Transcribe the speech into text <|{lang}|>"
-# The default system prompt: none (the rule of midashenglm.conversation, shared with the server).
-SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
 
 MaxNewOption = Annotated[int, typer.Option(help="Most tokens to generate per answer.")]
 TemperatureOption = Annotated[float | None, typer.Option(
@@ -70,7 +68,7 @@ def caption(
     files: Annotated[list[Path], typer.Argument(help="Audio files (any format FFmpeg or libsndfile reads).")],
     model: ModelOption = None,
     prompt: Annotated[str, typer.Option(help="The instruction.")] = CAPTION_PROMPT,
-    system_prompt: SystemPromptOption = SYSTEM_PROMPT,
+    system_prompt: SystemPromptOption = DEFAULT_SYSTEM_PROMPT,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
@@ -90,7 +88,7 @@ def ask(
     questions: Annotated[list[str], typer.Argument(
         help="One or more questions about the file (the clip is encoded once for all of them).")],
     model: ModelOption = None,
-    system_prompt: SystemPromptOption = SYSTEM_PROMPT,
+    system_prompt: SystemPromptOption = DEFAULT_SYSTEM_PROMPT,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
@@ -109,7 +107,7 @@ def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio files with speech.")],
     lang: Annotated[str, typer.Option(help="Language tag of the speech: en, zh, ...")] = "en",
     model: ModelOption = None,
-    system_prompt: SystemPromptOption = SYSTEM_PROMPT,
+    system_prompt: SystemPromptOption = DEFAULT_SYSTEM_PROMPT,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,
@@ -178,7 +176,7 @@ def run(
         "--out", "-o", help="Results (.jsonl): each input row plus model_output or error, and usage.")],
     model: ModelOption = None,
     prompt: Annotated[str, typer.Option(help="Prompt for rows without a 'prompt' column.")] = CAPTION_PROMPT,
-    system_prompt: SystemPromptOption = SYSTEM_PROMPT,
+    system_prompt: SystemPromptOption = DEFAULT_SYSTEM_PROMPT,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_new_tokens: MaxNewOption = 256,

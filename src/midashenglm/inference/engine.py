@@ -58,7 +58,6 @@ from midashenglm.inference.scheduler import Scheduler
 
 __all__ = ["Engine", "EngineConfig", "FinishReason", "PreparedRequest", "Request", "Result", "SamplingParams"]
 
-Sink = Callable[[PreparedRequest, Result], None]
 # A submitted request while its audio loads: request, callback, its future, submit time, loading.
 _Pending = tuple[Any, TextCallback | None, Future, float, Future]
 

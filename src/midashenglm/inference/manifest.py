@@ -57,10 +57,6 @@ def read_manifest(path: str | os.PathLike) -> Iterator[ManifestRow]:
         yield _check_row(row, path.parent)
 
 
-def count_rows(path: str | os.PathLike) -> int:
-    return sum(1 for _ in read_manifest(path))
-
-
 def _jsonl_rows(path: Path) -> Iterator[ManifestRow]:
     # A bad line becomes a row with an error (recorded in the output), not the end of the job.
     for index, (number, data, problem) in enumerate(jsonl.parse_lines(path)):

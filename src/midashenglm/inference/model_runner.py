@@ -22,6 +22,7 @@ Prefill, in detail
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -104,8 +105,6 @@ class ModelRunner:
         """Encode and prefill ``items``: a new batch of their rows (``make_rows(t0, encode,
         prefill)`` builds the output states), their first tokens, and the logits of the
         ``rider`` step when it ran in the prefill pass."""
-        import time
-
         t0 = time.perf_counter()
         self.stats["prefills"] += 1
         self.stats["requests"] += len(items)

@@ -29,7 +29,6 @@ class SchedulerOutput:
 
     scheduled_new_reqs: list[PreparedRequest] = field(default_factory=list)
     decode: bool = False
-    joins_running_batch: bool = False
 
 
 class Scheduler:
@@ -64,7 +63,7 @@ class Scheduler:
         stepping = bool(self.running)
         new = self._take(kv_width)
         self.running.extend(new)
-        return SchedulerOutput(new, decode=stepping, joins_running_batch=stepping and bool(new))
+        return SchedulerOutput(new, decode=stepping)
 
     def _take(self, kv_width: int) -> list[PreparedRequest]:
         running = self.running

@@ -218,15 +218,9 @@ class ChineseTextNormalizer:
     """SpeechIO-style normaliser with the options the official WER script uses (all off).
 
     Full-width ASCII forms (１, Ａ, ％, the ideographic space) are always mapped to their
-    ASCII forms before numbers are read (:func:`normalize_numbers`); ``to_halfwidth`` is
-    kept for compatibility and changes nothing any more.
+    ASCII forms before numbers are read (:func:`normalize_numbers`).
     """
 
-    def __init__(self, *, to_halfwidth: bool = False) -> None:
-        self.to_halfwidth = to_halfwidth
-
     def __call__(self, text: str) -> str:
-        if self.to_halfwidth:
-            text = text.translate(_TO_HALFWIDTH)
         text = normalize_numbers(text)
         return text.translate(_TO_SPACE)
