@@ -30,6 +30,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -95,16 +96,20 @@ def tiny_model(folder: Path) -> Path:
     return out
 
 
-def start_server(model: Path, args: argparse.Namespace, stack: ExitStack) -> tuple[str, int]:
+def start_server(model: Path, args: argparse.Namespace, stack: ExitStack, *,
+                 extra: tuple[str, ...] = (), log: Any = None) -> tuple[str, int]:
+    """Start `midashenglm serve` on a free loopback port; ``extra`` options follow the
+    ones derived from ``args``; the server's output goes to ``log`` (a text file)."""
     port = free_port()
     cmd = [sys.executable, "-m", "midashenglm.cli", "serve", "--model", str(model),
            "--port", str(port), "--device", "cpu", "--log-level", "warning",
            "--max-queue", str(args.requests + 8), "--max-tokens-limit", str(args.max_tokens),
            "--max-audio-seconds", str(args.max_seconds + 1),
            "--max-num-seqs", str(args.max_batch_size),
-           "--request-timeout", str(args.time_limit)]
+           "--request-timeout", str(args.time_limit), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    log = stack.enter_context(tempfile.TemporaryFile("w+"))
+    if log is None:
+        log = stack.enter_context(tempfile.TemporaryFile("w+"))
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop() -> None:

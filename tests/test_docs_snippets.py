@@ -55,6 +55,8 @@ SKIP: list[tuple[str, str, str]] = [
      "downloads from the Hub and GitHub (the paper's FENSE models)"),
     ("docs/serving.md", "python scripts/loadtest_server.py",
      "long run (200 requests, ~1 min), or needs a running server"),
+    ("docs/serving.md", "python scripts/attack_server.py",
+     "long run (every attack, ~1 min); tests/test_attack_server.py runs its --quick subset"),
     ("docs/vllm.md", "block:python -m venv ~/vllm-env", "installs vLLM from PyPI and needs a GPU"),
     ("docs/vllm.md", "vllm serve CHECKPOINT", "needs vLLM and a GPU"),
 ]

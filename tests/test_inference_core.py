@@ -178,18 +178,18 @@ def test_stop_strings_across_and_inside_tokens_are_held_back_when_streaming(tiny
 def count_decodes(monkeypatch):
     """Every decode of encoded audio (soundfile or PyAV) and every resampling, counted."""
     counts = {"decode": 0, "resample": 0}
-    decode, resample = audio_module._decode, audio_module.soxr.resample
+    decode, stream = audio_module._decode, audio_module.soxr.ResampleStream
 
     def counting_decode(*args, **kwargs):
         counts["decode"] += 1
         return decode(*args, **kwargs)
 
-    def counting_resample(*args, **kwargs):
+    def counting_stream(*args, **kwargs):  # one soxr stream per resampled clip
         counts["resample"] += 1
-        return resample(*args, **kwargs)
+        return stream(*args, **kwargs)
 
     monkeypatch.setattr(audio_module, "_decode", counting_decode)
-    monkeypatch.setattr(audio_module.soxr, "resample", counting_resample)
+    monkeypatch.setattr(audio_module.soxr, "ResampleStream", counting_stream)
     return counts
 
 
@@ -244,7 +244,7 @@ def test_abort_of_an_unknown_or_finished_id_touches_no_later_request(tiny_model,
 def test_context_error_names_what_to_shorten(tiny_model, processor):
     engine = Engine(tiny_model, processor)
     engine.context_window = 40
-    with pytest.raises(ValueError, match="shorten the prompt"):
+    with pytest.raises(ValueError, match=r"all text, no audio\) .* shorten the text$"):
         engine.prepare(Request([{"role": "user", "content": "word " * 60}]))
     with pytest.raises(ValueError, match="shorten the audio"):
         engine.prepare(Request(build_conversation(clip(30.0), "Hi?", sampling_rate=16000)))

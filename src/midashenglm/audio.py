@@ -24,6 +24,11 @@ goes through the same validation (:class:`EmptyAudioError`,
 :class:`NonFiniteAudioError`, :class:`AudioTooLongError`). All failures are
 :class:`AudioError` subclasses (a ``ValueError``) naming the source.
 
+Memory: files are decoded, downmixed and resampled block by block (soxr's
+streaming resampler, which gives the same samples as a one-shot resample), so
+a decode holds the output (16 kHz mono float32: 64 kB a second) plus a few MB
+of block buffers, whatever the source rate and channel count.
+
 Damaged files: where a header declares the length (WAV ``data`` chunk, FLAC
 STREAMINFO, MP3 Xing, MP4/WebM/Ogg durations) and decoding yields clearly less
 (over 1% and 0.1 s short), the file counts as truncated (:class:`AudioDecodeError`);
@@ -32,8 +37,16 @@ as its command line does, but gives up after a run of them.
 
 Untrusted input: pass ``max_seconds``. Files are then rejected from their
 header when it declares the length, and decoding stops once the limit is
-passed. Paths must be regular files, and FFmpeg may not open other files or
-URLs on behalf of a playlist, so an input can only ever read itself.
+passed. The decoding *work* is bounded too: at most ``max_seconds *``
+:data:`MAX_SAMPLES_PER_LIMIT_SECOND` samples summed over channels (rate x
+channels x seconds), so 48 kHz x 8 channels or 192 kHz stereo may use the whole
+limit, while a 192 kHz 8-channel file may last a quarter of it and a 655 kHz
+mono one about 59% (the file rate range above allows up to 1.536 MHz, where
+a quarter of the limit remains). A file over the budget is refused from its
+header (:class:`AudioTooLargeError`), or once decoding passes it when the
+header leaves the length open. Paths must be regular files, and FFmpeg may not
+open other files or URLs on behalf of a playlist, so an input can only ever
+read itself.
 """
 
 from __future__ import annotations
@@ -55,9 +68,11 @@ import soxr
 
 __all__ = [
     "MAX_CHANNELS",
+    "MAX_SAMPLES_PER_LIMIT_SECOND",
     "SAMPLE_RATE",
     "AudioDecodeError",
     "AudioError",
+    "AudioTooLargeError",
     "AudioTooLongError",
     "EmptyAudioError",
     "NonFiniteAudioError",
@@ -70,9 +85,12 @@ __all__ = [
 
 SAMPLE_RATE = 16000
 MAX_CHANNELS = 32  # 22.2 surround has 24; anything wider is almost surely a batch
+# With ``max_seconds``, a file may decode at most max_seconds times this many samples summed
+# over channels: 48 kHz x 8 channels or 192 kHz stereo for the whole limit, less time for more.
+MAX_SAMPLES_PER_LIMIT_SECOND = 384_000
 
 _HEAD_BYTES = 64 * 1024  # enough for container magic, WAV chunk headers, an MP3 Xing frame
-_SF_BLOCK_FRAMES = 1 << 18
+_SF_BLOCK_SAMPLES = 1 << 19  # per read, over all channels: 2 MB of float32
 _SF_UNKNOWN_LENGTH = 1 << 62  # libsndfile says SF_COUNT_MAX (2**63 - 1) for "unknown"
 # Real audio lies well inside this; outside it a header is corrupt (or hostile: a 1 Hz WAV
 # resampled to 16 kHz grows 16000-fold, a 1 GHz one makes soxr build a huge filter).
@@ -102,6 +120,11 @@ class AudioError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.source}: {self.problem}"
+
+
+class AudioTooLargeError(AudioError):
+    """With ``max_seconds``: the file needs more decoding (rate x channels x seconds) than
+    ``max_seconds *`` :data:`MAX_SAMPLES_PER_LIMIT_SECOND` samples, even if it is short enough."""
 
 
 class EmptyAudioError(AudioError):
@@ -166,6 +189,14 @@ def load_audio(
     numpy array or a torch tensor (any device or dtype). ``source_sample_rate`` is the rate
     of an array or tensor; float samples are taken as they are, integers are scaled.
 
+    ``max_seconds`` is for untrusted input: longer audio raises :class:`AudioTooLongError`,
+    and a file that needs more than ``max_seconds *`` :data:`MAX_SAMPLES_PER_LIMIT_SECOND`
+    decoded samples over all its channels (e.g. 192 kHz x 8 channels for more than a quarter
+    of the limit) raises :class:`AudioTooLargeError`, both from the header when it declares
+    the length, else as soon as decoding passes the limit. Files are decoded and resampled
+    block by block whether or not ``max_seconds`` is given, so memory stays near the size
+    of the output.
+
     Raises an :class:`AudioError` subclass for any problem with the audio itself, and a
     plain ``ValueError`` for invalid arguments.
     """
@@ -181,7 +212,8 @@ def load_audio(
         if source_sample_rate is not None:
             raise ValueError("source_sample_rate applies to arrays and tensors only; "
                              "an encoded file declares its own rate")
-        mono, rate = _decode(_encoded_input(source, desc), max_seconds)
+        return _decode(_encoded_input(source, desc), sample_rate=sample_rate,
+                       max_seconds=max_seconds)
     return _finish(mono, rate, sample_rate=sample_rate, max_seconds=max_seconds, desc=desc)
 
 
@@ -227,21 +259,78 @@ def to_mono_float32(array: np.ndarray, source_desc: str) -> np.ndarray:
 
 def _finish(mono: np.ndarray, rate: int, *, sample_rate: int, max_seconds: float | None,
             desc: str) -> np.ndarray:
-    """The one validation + resampling path every input type goes through."""
-    n = mono.shape[0]
-    if n == 0:
-        raise EmptyAudioError(desc, "no audio samples (0 samples after decoding)")
-    # A float64 sum is a cheap screen; count exactly only when something is off.
-    if not np.isfinite(np.sum(mono, dtype=np.float64)):
-        bad = int(n - np.count_nonzero(np.isfinite(mono)))
-        if bad:
-            raise NonFiniteAudioError(desc, f"{bad} of {n} samples are NaN or infinite")
-    _check_length(n / rate, max_seconds, desc)
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    """Validate and resample an in-memory mono array: one block through :class:`_Output`."""
+    out = _Output(rate, sample_rate=sample_rate, desc=desc)
+    out.add(mono)
+    return out.result(max_seconds)
+
+
+class _Output:
+    """The one validation + resampling path every input goes through, block by block.
+
+    Mono float32 blocks at ``rate`` go in; :meth:`result` gives the waveform at
+    ``sample_rate``. Only the resampled output is kept, so a decoder's memory does not grow
+    with the source rate or channel count. soxr's stream gives exactly the samples of a
+    one-shot ``soxr.resample`` of the whole signal, however it is cut into blocks.
+    """
+
+    def __init__(self, rate: int, *, sample_rate: int, desc: str, file: bool = False) -> None:
+        self.rate, self.sample_rate, self.desc, self.file = rate, sample_rate, desc, file
+        self.frames = 0  # mono samples in
+        self.work = 0  # samples in, summed over the source channels
+        self.bad = 0  # NaN or infinite samples seen
+        self._resampler: Any = None
+        self._chunks: list[np.ndarray] = []
+
+    def add(self, mono: np.ndarray, channels: int = 1) -> None:
+        n = mono.shape[0]
+        if n == 0:
+            return
+        if self.file and not self.frames:
+            low, high = _FILE_RATE_RANGE
+            if not low <= self.rate <= high:
+                raise AudioDecodeError(
+                    self.desc, f"implausible sample rate {self.rate} Hz (corrupt header?)")
+        self.frames += n
+        self.work += n * channels
+        # A float64 sum is a cheap screen; count exactly only when something is off. Once a
+        # bad sample is seen, only counting goes on, for the message.
+        if self.bad or not np.isfinite(np.sum(mono, dtype=np.float64)):
+            bad = int(n - np.count_nonzero(np.isfinite(mono)))
+            if bad and not self.bad:
+                self._resampler, self._chunks = None, []
+            self.bad += bad
+            if self.bad:
+                return
+        if self.rate == self.sample_rate:
+            self._chunks.append(mono)
+            return
+        if self._resampler is None:
+            self._resampler = soxr.ResampleStream(self.rate, self.sample_rate, 1,
+                                                  dtype="float32", quality="HQ")
+        chunk = self._resampler.resample_chunk(mono)
+        if chunk.shape[0]:
+            self._chunks.append(chunk)
+
+    def result(self, max_seconds: float | None) -> np.ndarray:
+        n, desc = self.frames, self.desc
+        if n == 0:
+            raise EmptyAudioError(desc, "no audio samples (0 samples after decoding)")
+        if self.bad:
+            raise NonFiniteAudioError(desc, f"{self.bad} of {n} samples are NaN or infinite")
+        _check_length(n / self.rate, max_seconds, desc)
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._resampler = None
+            if tail.shape[0]:
+                self._chunks.append(tail)
+        chunks, self._chunks = self._chunks, []  # one copy at the end; the chunks go with it
+        mono = chunks[0] if len(chunks) == 1 else np.concatenate([np.zeros(0, np.float32),
+                                                                  *chunks])
+        del chunks
         if mono.shape[0] == 0:
-            raise EmptyAudioError(desc, f"too short to resample ({n} samples at {rate} Hz)")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+            raise EmptyAudioError(desc, f"too short to resample ({n} samples at {self.rate} Hz)")
+        return np.ascontiguousarray(mono, dtype=np.float32)
 
 
 def _check_length(seconds: float, max_seconds: float | None, desc: str, *, how: str = "") -> None:
@@ -249,6 +338,23 @@ def _check_length(seconds: float, max_seconds: float | None, desc: str, *, how: 
         raise AudioTooLongError(
             desc, f"audio is {seconds:.2f} s long{how}, over the limit of {max_seconds:g} s",
             duration=seconds, limit=max_seconds)
+
+
+def _check_work(work: float, rate: int, channels: int, seconds: float,
+                max_seconds: float | None, desc: str, *, how: str) -> None:
+    """Refuse a file that needs more decoding than ``max_seconds`` allows (see the module
+    docstring). ``work`` counts samples over all channels: declared by the header, or
+    decoded so far."""
+    if max_seconds is None:
+        return
+    limit = max_seconds * MAX_SAMPLES_PER_LIMIT_SECOND
+    if work > limit:
+        plural = "s" if channels != 1 else ""
+        raise AudioTooLargeError(
+            desc, f"{rate} Hz x {channels} channel{plural} x {seconds:.2f} s{how} is "
+                  f"{work:,.0f} samples to decode, over the limit of {limit:,.0f} for "
+                  f"{max_seconds:g} s of audio ({MAX_SAMPLES_PER_LIMIT_SECOND:,} samples per "
+                  "second over all channels, e.g. 48 kHz x 8 channels or 192 kHz stereo)")
 
 
 def _check_complete(declared: float | None, decoded: int, rate: int, desc: str) -> None:
@@ -441,19 +547,23 @@ class _DecoderFailed(Exception):
         self.unsupported_codec = unsupported_codec
 
 
-def _decode(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Mono float32 samples and their rate, from libsndfile or else FFmpeg."""
+def _decode(enc: _Encoded, *, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    """The validated mono float32 waveform at ``sample_rate``, from libsndfile or else FFmpeg."""
     try:
-        mono, rate = _decode_with_soundfile(enc, max_seconds)
+        out = _decode_with_soundfile(enc, sample_rate, max_seconds)
     except _DecoderFailed as sf_failure:
         try:
-            mono, rate = _decode_with_pyav(enc, max_seconds)
+            out = _decode_with_pyav(enc, sample_rate, max_seconds)
         except _DecoderFailed as av_failure:
             raise _undecodable(enc, sf_failure, av_failure) from None
-    low, high = _FILE_RATE_RANGE
-    if mono.size and not low <= rate <= high:
-        raise AudioDecodeError(enc.desc, f"implausible sample rate {rate} Hz (corrupt header?)")
-    return mono, rate
+    return out.result(max_seconds)
+
+
+def _check_decoding(out: _Output, channels: int, max_seconds: float | None, desc: str) -> None:
+    """A header can lie or leave the length open: stop as soon as a limit is passed."""
+    how = " or more (decoding stopped)"
+    _check_length(out.frames / out.rate, max_seconds, desc, how=how)
+    _check_work(out.work, out.rate, channels, out.frames / out.rate, max_seconds, desc, how=how)
 
 
 def _undecodable(enc: _Encoded, sf_failure: _DecoderFailed,
@@ -490,21 +600,22 @@ def _sniff_container(head: bytes) -> str | None:
 # ---- libsndfile
 
 
-def _decode_with_soundfile(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_with_soundfile(enc: _Encoded, sample_rate: int, max_seconds: float | None
+                           ) -> _Output:
     with _soundfile(enc) as f:
-        rate, known = f.samplerate, _sf_frames(f)
+        rate, channels, known = f.samplerate, f.channels, _sf_frames(f)
         if known is not None:
-            _check_length(known / rate, max_seconds, enc.desc, how=" (from the header)")
-        blocks, total = [], 0
+            how = " (from the header)"
+            _check_length(known / rate, max_seconds, enc.desc, how=how)
+            _check_work(known * channels, rate, channels, known / rate, max_seconds, enc.desc,
+                        how=how)
+        out = _Output(rate, sample_rate=sample_rate, desc=enc.desc, file=True)
         for block in _sf_blocks(f):
-            blocks.append(block)
-            total += len(block)
-            # A header can lie or leave the length open: stop as soon as the limit is passed.
-            _check_length(total / rate, max_seconds, enc.desc, how=" or more (decoding stopped)")
-        declared, channels = _declared_frames(f, enc.head), f.channels
-    _check_complete(declared, total, rate, enc.desc)
-    samples = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
-    return _downmix(samples, channel_axis=1), rate
+            out.add(_downmix(block, channel_axis=1), channels)
+            _check_decoding(out, channels, max_seconds, enc.desc)
+        declared = _declared_frames(f, enc.head)
+    _check_complete(declared, out.frames, rate, enc.desc)
+    return out
 
 
 def _soundfile_duration(enc: _Encoded) -> float:
@@ -528,9 +639,10 @@ def _sf_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
 
     Block-wise so that an unknown or bogus length never sizes an allocation.
     """
+    frames = max(1, _SF_BLOCK_SAMPLES // f.channels)
     while True:
         try:
-            block = f.read(_SF_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            block = f.read(frames, dtype="float32", always_2d=True)
         except sf.SoundFileError as e:
             raise _DecoderFailed(_sf_message(e), recognised=True) from e
         if not len(block):
@@ -542,7 +654,9 @@ def _sf_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
 def _soundfile(enc: _Encoded) -> Iterator[sf.SoundFile]:
     """Open with libsndfile, turning its refusals into :class:`_DecoderFailed`."""
     with contextlib.ExitStack() as stack:
-        target = enc.path if enc.path is not None else stack.enter_context(enc.stream())
+        # As bytes: libsndfile gets the exact name, also one that is not valid UTF-8.
+        target = (os.fsencode(enc.path) if enc.path is not None
+                  else stack.enter_context(enc.stream()))
         try:
             f = stack.enter_context(sf.SoundFile(target))
         except sf.SoundFileError as e:
@@ -636,21 +750,29 @@ def _pyav_audio_stream(enc: _Encoded) -> Iterator[tuple[Any, Any]]:
             yield container, stream
 
 
-def _decode_with_pyav(enc: _Encoded, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_with_pyav(enc: _Encoded, sample_rate: int, max_seconds: float | None) -> _Output:
     with _pyav_audio_stream(enc) as (container, stream):
         declared = _pyav_declared_seconds(container, stream)
         if declared is not None:
-            _check_length(declared, max_seconds, enc.desc, how=" (from the header)")
-        chunks: list[np.ndarray] = []
-        total, rate = 0, 1
-        for chunk, rate in _pyav_mono_chunks(container, stream, enc.desc):
-            chunks.append(chunk)
-            total += len(chunk)
-            # Stop as soon as the limit is passed: the stream may be much longer than that.
-            _check_length(total / rate, max_seconds, enc.desc, how=" or more (decoding stopped)")
+            how = " (from the header)"
+            _check_length(declared, max_seconds, enc.desc, how=how)
+            codec = stream.codec_context
+            rate, channels = codec.sample_rate or 0, codec.channels or 0
+            if rate and channels:
+                _check_work(declared * rate * channels, rate, channels, declared, max_seconds,
+                            enc.desc, how=how)
+        out = None
+        for chunk, rate, channels in _pyav_mono_chunks(container, stream, enc.desc):
+            if out is None:  # every chunk comes at the first frame's rate
+                out = _Output(rate, sample_rate=sample_rate, desc=enc.desc, file=True)
+            out.add(chunk, channels)
+            # Stop as soon as a limit is passed: the stream may be much longer than that.
+            _check_decoding(out, channels, max_seconds, enc.desc)
+    if out is None:
+        out = _Output(1, sample_rate=sample_rate, desc=enc.desc, file=True)
     if declared is not None:
-        _check_complete(declared * rate, total, rate, enc.desc)
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32), rate
+        _check_complete(declared * out.rate, out.frames, out.rate, enc.desc)
+    return out
 
 
 def _pyav_duration(enc: _Encoded) -> float:
@@ -660,7 +782,7 @@ def _pyav_duration(enc: _Encoded) -> float:
             return declared
         # No trustworthy header: count decoded samples (bounded like decoding).
         total, rate = 0, 1
-        for chunk, chunk_rate in _pyav_mono_chunks(container, stream, enc.desc):
+        for chunk, chunk_rate, _ in _pyav_mono_chunks(container, stream, enc.desc):
             total, rate = total + len(chunk), chunk_rate
         return total / rate
 
@@ -678,8 +800,8 @@ def _pyav_declared_seconds(container: Any, stream: Any) -> float | None:
 
 
 def _pyav_mono_chunks(container: Any, stream: Any, desc: str
-                      ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (mono float32 samples, rate) chunks, all at the first frame's rate.
+                      ) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Yield (mono float32 samples, rate, source channels) chunks, all at the first frame's rate.
 
     Bounded on any input: demuxing ends at the first read error or end of file (each read
     consumes input), isolated corrupt packets are skipped the way FFmpeg does, and a run
@@ -702,13 +824,13 @@ def _pyav_mono_chunks(container: Any, stream: Any, desc: str
             for frame in frames:
                 rate = rate or frame.sample_rate
                 # Formats, layouts and rates may change mid-stream, and PyAV's resampler only
-                # handles the setup it saw first: use one per setup, always to fltp at `rate`.
+                # handles the setup it saw first: use one per setup, always to flt at `rate`.
                 key = (frame.format.name, frame.layout.name, frame.sample_rate)
                 if key != converter_key:
                     if converter is not None:
                         yield from _mono_chunks(converter.resample(None), rate)
                     converter, converter_key = av.AudioResampler(
-                        format="fltp", layout=frame.layout, rate=rate), key
+                        format="flt", layout=frame.layout, rate=rate), key
                 yield from _mono_chunks(converter.resample(frame), rate)
         if converter is not None:
             yield from _mono_chunks(converter.resample(None), rate)
@@ -720,11 +842,16 @@ def _pyav_mono_chunks(container: Any, stream: Any, desc: str
         raise AudioDecodeError(desc, f"corrupt stream: no packet could be decoded ({last_error})")
 
 
-def _mono_chunks(frames: list[Any], rate: int) -> Iterator[tuple[np.ndarray, int]]:
+def _mono_chunks(frames: list[Any], rate: int) -> Iterator[tuple[np.ndarray, int, int]]:
     for frame in frames:
-        # Planar frames convert to (channels, samples); averaging per chunk equals
-        # averaging the whole signal, and survives channel-count changes.
-        yield _downmix(frame.to_ndarray(), channel_axis=0), rate
+        # Packed (interleaved) float: one buffer per frame, never planar. PyAV (18.x) counts
+        # the planes of a frame up to a NULL pointer, which runs past FFmpeg's array for 8 or
+        # more channels: a 7.1 AAC file crashed the process (SIGSEGV) in to_ndarray().
+        # Averaging per chunk equals averaging the whole signal, and survives channel-count
+        # changes.
+        channels = frame.layout.nb_channels
+        samples = frame.to_ndarray().reshape(-1, channels)
+        yield _downmix(samples, channel_axis=1), rate, channels
 
 
 def _av_message(e: Exception) -> str:

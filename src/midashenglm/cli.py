@@ -11,6 +11,7 @@ import importlib
 import typer
 
 from midashenglm.errors import UserError, stderr_console
+from midashenglm.terminal import markup_text
 
 app = typer.Typer(
     name="midashenglm",
@@ -56,7 +57,8 @@ def main() -> None:
     try:
         app()
     except _user_errors() as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # One line, literal: a file name in the message can neither forge lines nor be markup.
+        err_console.print(f"[bold red]error:[/] {markup_text(str(err))}", highlight=False)
         raise SystemExit(2) from None
 
 

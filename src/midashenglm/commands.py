@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from midashenglm.errors import UserError
+from midashenglm.terminal import markup_text, quote_name
 
 console = Console()
 
@@ -75,7 +76,7 @@ def info(
         print(json.dumps(summary))
         return
 
-    table = Table(title=f"MiDashengLM checkpoint: {folder}", show_header=True)
+    table = Table(title=f"MiDashengLM checkpoint: {markup_text(quote_name(folder))}", show_header=True)
     table.add_column("component")
     table.add_column("parameters", justify="right")
     table.add_column("share", justify="right")
@@ -189,9 +190,9 @@ def init(
         raise UserError(f"--encoder {encoder!r}: choose one of {', '.join(ENCODER_PRESETS)}")
     text_config = _decoder_config(decoder, DECODER_PRESETS)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for the checkpoint")
+        raise UserError(f"--out {quote_name(out)}: is a file; give a folder for the checkpoint")
     if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out}: folder is not empty (pass --force to write into it)")
+        raise UserError(f"--out {quote_name(out)}: folder is not empty (pass --force to write into it)")
     torch_dtype = resolve_dtype(dtype)
 
     processor = MiDashengLMProcessor(_load_tokenizer(tokenizer))
@@ -211,7 +212,7 @@ def init(
         audio_token_id=processor.audio_token_id,
     )
     torch.manual_seed(seed)
-    with console.status(f"initialising encoder {encoder} + decoder {decoder}"):
+    with console.status(f"initialising encoder {encoder} + decoder {markup_text(decoder)}"):
         model = MiDashengLM(config)
         gen = model.generation_config
         gen.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -220,7 +221,8 @@ def init(
         model.save_pretrained(out, max_shard_size=max_shard_size, dtype=torch_dtype)
         processor.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    console.print(f"wrote {out} ({params:,} parameters, {dtype}); inspect it with: midashenglm info {out}")
+    shown = markup_text(quote_name(out))  # quoted as a shell word: the command can be pasted
+    console.print(f"wrote {shown} ({params:,} parameters, {dtype}); inspect it with: midashenglm info {shown}")
 
 
 def _decoder_config(name: str, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:

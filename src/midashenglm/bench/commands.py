@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from midashenglm.errors import UserError
+from midashenglm.terminal import markup_text, quote_name
 
 bench_app = typer.Typer(
     help="Speed, measured side by side in one run: MiDashengLM against a Qwen2.5-Omni-style "
@@ -182,7 +183,7 @@ def run(name: str, **options: Any) -> dict[str, Any]:
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if options["dtype"] == "auto" \
         else resolve_dtype(options["dtype"], None)
     if options["out"] is not None and options["out"].exists() and not options["out"].is_dir():
-        raise UserError(f"--out {options['out']}: exists and is not a folder")
+        raise UserError(f"--out {quote_name(options['out'])}: exists and is not a folder")
 
     threads = _positive(options["threads"], "--threads")
     if threads is None and device.type == "cpu":
@@ -254,7 +255,7 @@ def run(name: str, **options: Any) -> dict[str, Any]:
         print("\n".join(_memory_section(report)), flush=True)
     if options["out"] is not None:
         files = write_report(report, options["out"])
-        console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)
+        console.print(f"wrote {markup_text(', '.join(quote_name(f) for f in files))}", highlight=False)
     console.print(f"wall time {report['meta']['wall_time_s']} s", highlight=False)
     if options["as_json"]:
         import json

@@ -16,6 +16,7 @@ import typer
 from midashenglm.cli_options import DeviceOption, DtypeOption, MaxNumSeqsOption, ModelOption
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
+from midashenglm.terminal import markup_text, printable_text, quote_name
 
 # benchmark: exit 2 when more than this fraction of the rows attempted in a run failed.
 DEFAULT_MAX_ERROR_RATE = 0.0  # as `run`: any failed row exits 1 unless tolerated
@@ -98,20 +99,20 @@ def _register_evaluate(app: typer.Typer) -> None:
         results, failed = [], 0
         for path in files:
             try:
-                with err.status(f"scoring {path}"):
+                with err.status(f"scoring {markup_text(quote_name(path))}"):
                     result = score_file(path, metric, **options)
             except (UserError, FileNotFoundError, ValueError) as error:
-                where = "" if str(path) in str(error) else f"{path}: "
-                err.print(f"[bold red]error:[/] {where}{error}", highlight=False)
+                where = "" if str(path) in str(error) else f"{quote_name(path)}: "
+                err.print(f"[bold red]error:[/] {markup_text(f'{where}{error}')}", highlight=False)
                 failed += 1
                 continue
             for problem in result.problems[:max_problems]:
-                err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+                err.print(f"[yellow]skipped[/] {markup_text(str(problem))}", highlight=False)
             if len(result.problems) > max_problems:
-                err.print(f"[yellow]skipped[/] {path}: ... and "
+                err.print(f"[yellow]skipped[/] {markup_text(quote_name(path))}: ... and "
                           f"{len(result.problems) - max_problems} more", highlight=False)
             for note in result.empty_outputs[:max_problems]:
-                err.print(f"[yellow]empty output, scored as a wrong answer[/] {note}",
+                err.print(f"[yellow]empty output, scored as a wrong answer[/] {markup_text(str(note))}",
                           highlight=False)
             results.append(result)
             if as_json:
@@ -124,17 +125,17 @@ def _register_evaluate(app: typer.Typer) -> None:
                 table.add_column(column, justify="right" if column in (
                     "value (x100)", "count", "skipped") else "left")
             for r in results:
-                table.add_row(Path(r.file).name, r.dataset or "-", r.metric,
+                table.add_row(markup_text(quote_name(Path(r.file).name)), markup_text(r.dataset or "-"), r.metric,
                               _format_value(r.metric, r.value), str(r.count), str(r.skipped))
             out.print(table)
             for r in results:
                 for name, value in r.beside.items():
-                    out.print(f"{Path(r.file).name}: beside {r.metric}, {name} = "
+                    out.print(f"{quote_name(Path(r.file).name)}: beside {r.metric}, {name} = "
                               f"{_format_value(name, value)} (x100, a documented deviation)",
                               highlight=False, markup=False)
             if details:
                 for r in results:
-                    out.print(f"[bold]{r.file}[/] {r.metric} details:", highlight=False)
+                    out.print(f"[bold]{markup_text(quote_name(r.file))}[/] {r.metric} details:", highlight=False)
                     out.print_json(json.dumps(r.details, default=str))
         if failed:
             raise typer.Exit(2)
@@ -235,9 +236,9 @@ def _register_benchmark(app: typer.Typer) -> None:
             raise UserError("--model and --data are required (or pass --task list)")
         chosen = T.get_task(task)  # an unknown task or data path fails before the model loads
         if not Path(data).expanduser().exists():
-            raise UserError(f"--data {data}: no such file or folder")
+            raise UserError(f"--data {quote_name(data)}: no such file or folder")
         options = _parse_options(option)
-        with console.status(f"loading {model}"):
+        with console.status(f"loading {markup_text(quote_name(model))}"):
             engine = make_engine(model, device=device, dtype=dtype, batch_size=max_num_seqs)
         summary = run_benchmark(
             model, chosen, data, engine=engine, out=out, limit=limit,
@@ -245,7 +246,7 @@ def _register_benchmark(app: typer.Typer) -> None:
             system_prompt=system_prompt or None, model_name=model_name,
             retry_errors=retry_errors, score=not no_score, loader_options=options,
         )
-        console.print(f"wrote {summary.written} rows to {summary.out} "
+        console.print(f"wrote {summary.written} rows to {markup_text(quote_name(summary.out))} "
                       f"({summary.errors} errors, {summary.skipped} already there)",
                       highlight=False)
         problem = None
@@ -253,7 +254,7 @@ def _register_benchmark(app: typer.Typer) -> None:
             console.print(_format_score(summary.score), highlight=False, markup=False)
         elif not no_score:
             why = summary.score_error or "no row could be scored"
-            problem = f"error: {summary.out} was not scored: {why}"
+            problem = f"error: {quote_name(summary.out)} was not scored: {printable_text(str(why))}"
         too_many = _error_summary(console, summary, max_error_rate)
         every = bool(summary.errors) and summary.errors == summary.written
         message = too_many if every else (problem or too_many)
@@ -272,7 +273,7 @@ def _error_summary(console: Any, summary: Any, max_error_rate: float) -> str | N
     console.print(f"{summary.errors} of {attempted} rows attempted failed ({100 * rate:.1f} %); "
                   f"first {len(summary.error_examples)}:", highlight=False, markup=False)
     for example in summary.error_examples:
-        console.print(f"  error: {example}", highlight=False, markup=False)
+        console.print(f"  error: {printable_text(str(example))}", highlight=False, markup=False)
     if summary.errors == attempted:
         return (f"error: every row attempted ({attempted}) failed; see the errors above "
                 f"(rerun them with --retry-errors)")
@@ -324,4 +325,5 @@ def _register_report(app: typer.Typer) -> None:
         path, chart = write_report(results_dir, out, device=device, sbert_model=sbert_model,
                                    echecker_model=echecker)
         console = Console()
-        console.print(f"wrote {path}" + (f" and {chart}" if chart else ""), highlight=False)
+        console.print(markup_text(f"wrote {quote_name(path)}" + (f" and {quote_name(chart)}" if chart else "")),
+                      highlight=False)

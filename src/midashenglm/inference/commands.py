@@ -28,6 +28,7 @@ from midashenglm.cli_options import (
 from midashenglm.conversation import DEFAULT_SYSTEM_PROMPT, build_conversation
 from midashenglm.errors import UserError, stderr_console
 from midashenglm.progress import ProgressBar
+from midashenglm.terminal import markup_text, printable_text, quote_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from midashenglm.inference.config import EngineConfig
@@ -80,7 +81,7 @@ def caption(
     as_json: JsonOption = False,
 ) -> None:
     """Caption audio files: what is heard (speech, sounds, music, the scene), one line per file."""
-    _answer([(f, prompt) for f in files], labels=[str(f) for f in files], **_common(locals()))
+    _answer([(f, prompt) for f in files], labels=[quote_name(f) for f in files], **_common(locals()))
 
 
 def ask(
@@ -100,7 +101,8 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Ask questions about an audio file; prints one answer per question."""
-    _answer([(file, q) for q in questions], labels=list(questions), **_common(locals()))
+    _answer([(file, q) for q in questions], labels=[printable_text(q) for q in questions],
+            **_common(locals()))
 
 
 def transcribe(
@@ -120,7 +122,7 @@ def transcribe(
 ) -> None:
     """Transcribe speech (the paper's ASR prompt with a language tag), one line per file."""
     prompt = TRANSCRIBE_PROMPT.format(lang=lang.strip().strip("<|>"))
-    _answer([(f, prompt) for f in files], labels=[str(f) for f in files], **_common(locals()))
+    _answer([(f, prompt) for f in files], labels=[quote_name(f) for f in files], **_common(locals()))
 
 
 def _common(options: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +137,8 @@ def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | Non
             max_batch_audio_seconds: float, as_json: bool) -> None:
     for path, _ in jobs:
         if not path.is_file():
-            raise UserError(f"{path}: is a folder, not an audio file" if path.is_dir() else f"{path}: no such file")
+            name = quote_name(path)
+            raise UserError(f"{name}: is a folder, not an audio file" if path.is_dir() else f"{name}: no such file")
     given = _sampling_options(max_new_tokens, temperature, top_p, top_k, seed)
     engine = _engine(model, device, dtype, engine_config(max_batch_audio_seconds=max_batch_audio_seconds))
     sampling = _sampling(given, engine)
@@ -146,16 +149,15 @@ def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | Non
     results = _with_progress(engine, requests, "answering")
     failed = 0
     for label, (path, prompt), result in zip(labels, jobs, results, strict=True):
-        if as_json:
+        if as_json:  # exact: json.dumps escapes control characters itself
             print(json.dumps({"file": str(path), "prompt": prompt, **result.to_dict()},
                              ensure_ascii=False), flush=True)
-        elif result.error is None:
-            print(f"{label}: {result.text}" if len(jobs) > 1 else result.text, flush=True)
+        elif result.error is None:  # one line per answer: a name or an answer cannot forge one
+            print(f"{label}: {printable_text(result.text)}" if len(jobs) > 1
+                  else printable_text(result.text, keep_newlines=True), flush=True)
         if result.error is not None:
             failed += 1
-            from rich.markup import escape
-
-            _stderr().print(f"[bold red]error:[/] {escape(result.error)}", highlight=False)
+            _stderr().print(f"[bold red]error:[/] {markup_text(result.error)}", highlight=False)
     if failed:
         raise typer.Exit(2)
 
@@ -211,8 +213,6 @@ def run(
     (server unreachable, wrong API key, unknown --served-model, the same 400 three times
     in a row) stops the job at once with exit 2.
     """
-    from rich.markup import escape
-
     from midashenglm.inference.manifest import ResultWriter, read_manifest
 
     if endpoint is None and model is None:
@@ -222,18 +222,19 @@ def run(
     if not 0.0 <= max_error_rate <= 1.0:
         raise UserError(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
     if out.exists() and manifest.exists() and out.resolve() == manifest.resolve():
-        raise UserError(f"--out {out} is the manifest itself: choose another file for the results")
+        raise UserError(f"--out {quote_name(out)} is the manifest itself: choose another file for the results")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a .jsonl file path")
+        raise UserError(f"--out {quote_name(out)} is a folder: give a .jsonl file path")
     given = _sampling_options(max_new_tokens, temperature, top_p, top_k, seed)
     rows = list(read_manifest(manifest))
     with ResultWriter(out, overwrite=overwrite, retry_errors=retry_errors) as writer:
         todo = [row for row in rows if row.key not in writer.done]
-        note = f"{len(rows) - len(todo)} of {len(rows)} rows already in {out}" if len(todo) < len(rows) else ""
+        note = f"{len(rows) - len(todo)} of {len(rows)} rows already in {quote_name(out)}" \
+            if len(todo) < len(rows) else ""
         if writer.repaired:
             note += f"{'; ' if note else ''}cut a torn last line ({writer.repaired} bytes)"
         if note:
-            _stderr().print(f"resuming: {escape(note)}", highlight=False)
+            _stderr().print(f"resuming: {markup_text(note)}", highlight=False)
         # Load the model (or reach the server) before the clock of the progress bar starts.
         if endpoint is not None:
             client = _endpoint_client(endpoint, api_key, served_model)
@@ -253,7 +254,7 @@ def run(
                 _stderr().print(f"interrupted after {ordered.written} rows; run the same command "
                                 "again to resume", highlight=False)
                 raise typer.Exit(130) from None
-    _stderr().print(f"wrote {ordered.written} rows to {escape(str(out))} ({progress.errors} with errors, "
+    _stderr().print(f"wrote {ordered.written} rows to {markup_text(quote_name(out))} ({progress.errors} with errors, "
                     f"{progress.audio_seconds / 3600:.3f} h of audio)", highlight=False)
     if progress.errors:
         rate = progress.errors / max(progress.done, 1)
@@ -261,7 +262,7 @@ def run(
         shown = len(progress.examples)
         _stderr().print(f"{level} {progress.errors} of {progress.done} rows failed ({rate:.1%}); "
                         f"{'the first ' + str(shown) if shown < progress.errors else 'they'}: "
-                        + "; ".join(escape(e) for e in progress.examples), highlight=False)
+                        + "; ".join(markup_text(e) for e in progress.examples), highlight=False)
         if rate > max_error_rate:
             _stderr().print(f"the error rate {rate:.1%} is above --max-error-rate {max_error_rate:g}: "
                             "exit status 1 (fix the rows and rerun with --retry-errors)", highlight=False)
@@ -483,7 +484,7 @@ def _engine(model: str | None, device: str, dtype: str, config: EngineConfig) ->
         raise UserError("pass --model (a checkpoint folder or Hub id) or set MIDASHENGLM_MODEL")
     from midashenglm.inference.engine import Engine
 
-    with _stderr().status(f"loading {model}"):
+    with _stderr().status(f"loading {markup_text(quote_name(model))}"):
         try:
             return Engine.from_pretrained(model, device=device, dtype=dtype, config=config)
         except ValueError as err:  # bad dtype names

@@ -55,6 +55,12 @@ from midashenglm.inference.request import (
     error_result,
 )
 from midashenglm.inference.scheduler import Scheduler
+from midashenglm.inference.text_budget import (
+    PIECE_CHARS,
+    conversation_texts,
+    max_token_chars,
+    min_text_tokens,
+)
 
 __all__ = ["Engine", "EngineConfig", "FinishReason", "PreparedRequest", "Request", "Result", "SamplingParams"]
 
@@ -104,6 +110,7 @@ class Engine:
         self.scheduler = Scheduler(self.config, can_join=self.model_runner.can_join)
         self._run_lock = threading.RLock()
         self._tokenizer_lock = threading.Lock()
+        self._chars_per_token: int | None = None  # text_budget.max_token_chars, found once
         self._worker_lock = threading.Lock()
         self._abort_lock = threading.Lock()
         self._aborted: set[str] = set()
@@ -158,10 +165,12 @@ class Engine:
 
     def _tokenize(self, index: int, request: Request, loaded: list[tuple[np.ndarray, str]],
                   t_start: float) -> PreparedRequest:
-        with self._tokenizer_lock:
-            ids = self.processor.prompt_ids(request.conversation, [len(wave) for wave, _ in loaded])
         clips = [Clip(key, wave, self.processor.num_audio_tokens(len(wave)), len(wave) / self.sample_rate)
                  for wave, key in loaded]
+        if self.context_window:
+            self._check_text_budget(request, clips)
+        with self._tokenizer_lock:
+            ids = self.processor.prompt_ids(request.conversation, [len(wave) for wave, _ in loaded])
         audio_id = self.model_runner.audio_token_id
         last_audio = max((i for i, t in enumerate(ids) if t == audio_id), default=-1)
         prefix_len = last_audio + 1
@@ -174,24 +183,40 @@ class Engine:
             room = self.context_window - len(ids)
             if room < 1:
                 audio = sum(c.tokens for c in clips)
-                shorten = "the audio" if audio > len(ids) - self.context_window else "the prompt"
                 raise ValueError(
-                    f"the prompt has {len(ids)} tokens ({audio} of them audio, "
-                    f"{sum(c.seconds for c in clips):.1f} s at 5 tokens/s) but the decoder's "
-                    f"context window is {self.context_window} tokens; shorten {shorten}"
+                    f"the prompt has {len(ids)} tokens ({_audio_part(clips)}) but the "
+                    f"decoder's context window is {self.context_window} tokens; shorten "
+                    f"{_what_to_shorten(audio, len(ids) - audio, self.context_window)}"
                 )
             max_new = min(max_new, room)
         return PreparedRequest(index, request, ids, clips, prefix_len, max_new, t_start)
 
-    def _prepare(self, index: int, request: Any, loading: Future | None, t_start: float | None = None
+    def _check_text_budget(self, request: Request, clips: list[Clip]) -> None:
+        """Refuse text that cannot fit the context window before tokenizing all of it
+        (:mod:`~midashenglm.inference.text_budget`): megabytes of text would otherwise hold
+        the tokenizer for seconds."""
+        if sum(len(text) for text in conversation_texts(request.conversation)) <= PIECE_CHARS:
+            return  # cheap to tokenize: the exact check after tokenizing says more
+        if self._chars_per_token is None:
+            self._chars_per_token = max_token_chars(self.tokenizer)
+        audio = sum(c.tokens for c in clips)
+        text = min_text_tokens(self.tokenizer, request.conversation, self.context_window,
+                               chars_per_token=self._chars_per_token, lock=self._tokenizer_lock)
+        if audio + text >= self.context_window:
+            raise ValueError(
+                f"the prompt's text needs at least {text} tokens ({_audio_share(clips)}) but "
+                f"the decoder's context window is {self.context_window} tokens; shorten "
+                f"{_what_to_shorten(audio, text, self.context_window)}")
+
+    def _prepare(self, index: int, request: Any, t_start: float | None = None
                  ) -> PreparedRequest | Result:
-        """Prepare one request; any failure becomes an error Result."""
+        """Load and tokenize one request (in a loader thread); any failure becomes an
+        error Result."""
         t_start = time.perf_counter() if t_start is None else t_start
         try:
             if not isinstance(request, Request):
                 raise TypeError(f"expected a Request, got {type(request).__name__}")
-            loaded = loading.result() if loading is not None else self._load_audio(request)
-            return self._tokenize(index, request, loaded, t_start)
+            return self._tokenize(index, request, self._load_audio(request), t_start)
         except Exception as err:  # noqa: BLE001 - one bad request never stops the others
             return error_result(request, err)
 
@@ -230,20 +255,23 @@ class Engine:
 
         with ThreadPoolExecutor(self.config.loader_threads, thread_name_prefix="midashenglm-load") as pool:
 
+            # Loading and tokenizing happen in the loader threads, never on this thread,
+            # which runs the model.
             def load_window() -> list[tuple[int, Request, Future]]:
-                return [(i, r, pool.submit(self._load_audio, r)) for i, r in islice(source, window)]
+                return [(i, r, pool.submit(self._prepare, i, r)) for i, r in islice(source, window)]
 
             upcoming = load_window()
             while upcoming or pending or finished:
                 if upcoming and self.scheduler.num_waiting < self.config.max_num_seqs:
                     current, upcoming = upcoming, load_window()
                     items: list[PreparedRequest] = []
-                    for index, request, loading in current:
-                        prepared = self._prepare(index, request, loading)
+                    for index, _, loading in current:
+                        prepared = loading.result()
                         if isinstance(prepared, Result):
                             yield index, prepared
                         else:
                             prepared.sink = sink
+                            prepared.t_start = time.perf_counter()  # queued now
                             items.append(prepared)
                     pending += len(items)
                     # Longest first: long prompts tend to have long answers (a transcript
@@ -356,9 +384,9 @@ class Engine:
             request, on_text, future, t_start = entry
             if isinstance(request, PreparedRequest):
                 loaded: Future = Future()
-                loaded.set_result(None)
-            else:
-                loaded = pool.submit(self._load_audio, request)
+                loaded.set_result(request)
+            else:  # loaded and tokenized in a loader thread, never on the model's thread
+                loaded = pool.submit(self._prepare, 0, request, t_start)
             loading.append((request, on_text, future, t_start, loaded))
             room -= 1
             if room <= 0:
@@ -377,14 +405,12 @@ class Engine:
         if not any(done):
             return
         items = []
-        for (request, on_text, future, t_start, loaded), ready in zip(loading, done, strict=True):
+        for (_, on_text, future, t_start, loaded), ready in zip(loading, done, strict=True):
             if not ready or not future.set_running_or_notify_cancel():
                 continue  # still loading, or cancelled while it waited
-            if isinstance(request, PreparedRequest):
-                prepared: PreparedRequest | Result = request
-                request.t_start = t_start
-            else:
-                prepared = self._prepare(0, request, loaded, t_start=t_start)
+            prepared: PreparedRequest | Result = loaded.result()
+            if isinstance(prepared, PreparedRequest):
+                prepared.t_start = t_start
             if isinstance(prepared, Result):
                 future.set_result(prepared)
                 continue
@@ -513,6 +539,27 @@ class Engine:
 
 
 # ------------------------------------------------------------------------- helpers
+def _audio_part(clips: list[Clip]) -> str:
+    if not clips:
+        return "all text, no audio"
+    return (f"{sum(c.tokens for c in clips)} of them audio, "
+            f"{sum(c.seconds for c in clips):.1f} s at 5 tokens/s")
+
+
+def _audio_share(clips: list[Clip]) -> str:
+    if not clips:
+        return "no audio"
+    audio = sum(c.tokens for c in clips)
+    return f"plus {audio} audio tokens for {sum(c.seconds for c in clips):.1f} s at 5 tokens/s"
+
+
+def _what_to_shorten(audio: int, text: int, window: int) -> str:
+    """Name the part to shorten: the one that alone overflows the window, else the larger."""
+    if text >= window or not audio:
+        return "the text"
+    return "the audio" if audio >= window or audio >= text else "the text"
+
+
 def _resolve_future(item: PreparedRequest, result: Result) -> None:
     item.future.set_result(result)  # type: ignore[union-attr]
 

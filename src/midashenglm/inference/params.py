@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_TOP_K = 2**31 - 1  # larger than any vocabulary; a bigger value would not fit a tensor
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request is decoded.
 
     ``temperature == 0`` is greedy decoding (``top_p``/``top_k``/``seed`` are then unused).
-    ``top_k == 0`` keeps the whole vocabulary. ``stop`` strings end generation and are
+    ``top_k == 0`` keeps the whole vocabulary, as does any ``top_k`` above its size (at most
+    :data:`MAX_TOP_K`). ``stop`` strings end generation and are
     trimmed from the text; the model's end-of-sequence tokens end it too unless
     ``ignore_eos``. ``seed`` makes sampling reproducible, whatever the batch around it.
     """
@@ -35,8 +38,9 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                or not 0 <= self.top_k <= MAX_TOP_K):
+            raise ValueError(f"top_k must be an integer from 0 to {MAX_TOP_K}, got {self.top_k!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):

@@ -5,15 +5,23 @@ Request path
        ``Authorization: Bearer KEY`` (compared in constant time); 401 otherwise. ``/health``
        and the web page stay open (the page asks for the key when ``/health`` says one is
        required).
-    2. Admission: at most ``max_queue`` requests are held at once (reading, decoding,
-       waiting or generating); one more gets 429 at once, before its body is read.
-    3. The body is read with a cap (Content-Length first, then a running count, since a
-       chunked body has no length): 413 beyond ``max_body_bytes``.
-    4. In a worker thread, never on the event loop: JSON parsing, validation (model name,
-       parameters), audio decoding (once per clip, :mod:`~midashenglm.serve.audio_input`)
-       and ``engine.prepare`` (prompt ids, chat template, context window). Everything that
-       can be known before the first token is checked here, so a request that must be
-       refused gets the same status and error body whether it streams or not.
+    0. Host check: a server bound to a loopback address answers only requests whose
+       ``Host`` is a loopback name (421 otherwise), so a web page cannot reach it through
+       DNS rebinding.
+    2. The body must be ``application/json`` (415 otherwise: a browser sends a
+       cross-site ``text/plain`` POST without a CORS preflight). It is read with a size cap
+       (Content-Length first, then a running count, since a chunked body has no length;
+       413 beyond ``max_body_bytes``) and a deadline (``body_timeout``, 408): a client that
+       stalls or trickles its upload is cut off, and holds no queue slot meanwhile.
+    3. Admission: at most ``max_queue`` complete requests are held at once (decoding,
+       waiting or generating); one more gets 429.
+    4. In a worker thread, never on the event loop: JSON parsing (depth and number sizes
+       bounded: 400 ``invalid_json``), validation (model name, parameters), audio decoding
+       (once per clip, :mod:`~midashenglm.serve.audio_input`) and ``engine.prepare``
+       (prompt ids, chat template, context window; text too long for the window is
+       refused before it is all tokenized). Everything that can be known before the first
+       token is checked here, so a request that must be refused gets the same status and
+       error body whether it streams or not.
     5. The prepared request goes to ``engine.submit``; the engine's worker batches whatever
        is waiting. The handler awaits the result through ``asyncio.wrap_future``; streamed
        text travels from the worker thread through ``loop.call_soon_threadsafe`` into an
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -78,13 +87,17 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_queue: int = 64
     request_timeout: float = 300.0
+    body_timeout: float = 60.0
     allowed_audio_dirs: tuple[Path, ...] = field(default_factory=tuple)
     api_key: str | None = field(default=None, repr=False)
+    # None: any Host header. Otherwise loopback names and these exact names only (a server
+    # bound to loopback sets it, against DNS rebinding).
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         flags = {"max_audio_seconds": "--max-audio-seconds", "request_timeout": "--request-timeout",
                  "max_tokens_limit": "--max-tokens-limit", "max_body_bytes": "--max-body-mb",
-                 "max_queue": "--max-queue"}
+                 "max_queue": "--max-queue", "body_timeout": "--body-timeout"}
         for name, flag in flags.items():
             value = getattr(self, name)
             if not value > 0 or (isinstance(value, int) and value < 1):
@@ -161,6 +174,8 @@ def create_app(engine: Any, config: ServeConfig, *, close_engine: bool = False) 
     _install_error_handlers(app)
     if config.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    if config.allowed_hosts is not None:  # added last: it runs first
+        app.add_middleware(HostCheckMiddleware, allowed=config.allowed_hosts)
 
     app.add_api_route("/v1/chat/completions", api.chat_completions, methods=["POST"],
                       response_model=None)
@@ -204,6 +219,42 @@ class APIKeyMiddleware:
                 break
         # compare_digest takes as long for any wrong key of a given length as for the right one.
         return hmac.compare_digest(given, self.expected)
+
+
+class HostCheckMiddleware:
+    """421 for a request whose ``Host`` header is neither a loopback name (``localhost``,
+    ``*.localhost``, a loopback IP) nor one of ``allowed``; a request without ``Host``
+    (HTTP/1.0) passes. Against DNS rebinding: a page from ``evil.example`` whose name
+    now resolves to 127.0.0.1 still sends ``Host: evil.example``."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = frozenset(name.lower() for name in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
+            if host is not None and not self.trusted(host.decode("latin-1")):
+                error = APIError(421, "the Host header names a host this server does not "
+                                      "serve (it answers loopback names only; see "
+                                      "--allowed-host)", code="invalid_host")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def trusted(self, host: str) -> bool:
+        name = host.strip().lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        name = name.rstrip(".")
+        if name in self.allowed or name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
 
 class _ChatAPI:
@@ -253,14 +304,26 @@ class _ChatAPI:
 
     # -------------------------------------------------------------- chat completions
     async def chat_completions(self, request: Request) -> Response:
+        deadline = time.monotonic() + self.config.request_timeout
+        _check_content_type(request.headers.get("content-type"))
+        try:
+            # A body that is still arriving takes no queue slot: a client that stalls its
+            # upload occupies a connection until the body deadline, nothing more.
+            body = await asyncio.wait_for(
+                _read_body(request, self.config.max_body_bytes),
+                min(self.config.body_timeout, self.config.request_timeout))
+        except asyncio.TimeoutError:
+            raise APIError(
+                408, f"the request body did not arrive within {self.config.body_timeout:g} s "
+                     "(--body-timeout)", code="body_timeout") from None
+        except ClientDisconnect:  # gone while sending the body: nobody to answer
+            return Response(status_code=499)
         if not self.admission.try_acquire():
             raise APIError(
                 429, f"the server is busy: {self.config.max_queue} requests are already queued "
                      "or running (--max-queue); retry later", code="queue_full")
-        deadline = time.monotonic() + self.config.request_timeout
         live: _Live | None = None
         try:
-            body = await _read_body(request, self.config.max_body_bytes)
             # Every check that can fail before the first token happens here, before any
             # response starts: a refused request is the same error streamed or not.
             job = await asyncio.wait_for(run_in_threadpool(self._prepare, body),
@@ -273,8 +336,6 @@ class _ChatAPI:
             return await self._complete(job, live, request, deadline)
         except asyncio.TimeoutError:
             raise _timeout(self.config.request_timeout) from None
-        except ClientDisconnect:  # gone while sending the body: nobody to answer
-            return Response(status_code=499)
         finally:
             if live is None:  # never reached the engine: the slot is free now
                 self.admission.release()
@@ -282,13 +343,7 @@ class _ChatAPI:
     def _prepare(self, body: bytes) -> _Job:
         """Parse, validate, decode the audio once, and let the engine build and check the
         prompt (in a worker thread). Raises :class:`APIError`."""
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise bad_request(f"the request body is not valid JSON ({err})",
-                              code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise bad_request("the request body must be a JSON object", code="invalid_json")
+        data = parse_json_body(body)
         try:
             req = schemas.ChatCompletionRequest.model_validate(data)
         except ValidationError as err:
@@ -467,6 +522,84 @@ class _StreamState:
 
 
 # ------------------------------------------------------------------------------ helpers
+MAX_JSON_DEPTH = 32  # a chat request nests 6 deep (body, messages, message, content, part, audio)
+MAX_JSON_NUMBER_CHARS = 64  # no parameter needs more digits; Python's int() stops at 4300
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; 400 ``invalid_json`` for anything else.
+
+    Strict JSON (RFC 8259: no ``NaN``/``Infinity``), nested at most
+    :data:`MAX_JSON_DEPTH` deep (also in fields that are ignored later; deeper than the
+    interpreter's recursion limit the C parser stops by itself) and numbers of at most
+    :data:`MAX_JSON_NUMBER_CHARS` characters, so that no body can exhaust the parser's
+    recursion or spend seconds converting digits.
+    """
+    too_deep = bad_request(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels "
+                           "deep (the limit)", code="invalid_json")
+    try:
+        data = json.loads(body, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant)
+    except _JSONLimit as err:
+        raise bad_request(f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
+        raise too_deep from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise bad_request(f"the request body is not valid JSON ({err})",
+                          code="invalid_json") from None
+    if _json_depth(data) > MAX_JSON_DEPTH:
+        raise too_deep
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+class _JSONLimit(ValueError):
+    pass
+
+
+def _json_depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed value (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:  # beyond the limit the answer is known
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise _JSONLimit(f"a number has {len(text)} characters; the limit is {MAX_JSON_NUMBER_CHARS}")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise _JSONLimit(f"a number has {len(text)} characters; the limit is "
+                         f"{MAX_JSON_NUMBER_CHARS}")
+    return float(text)
+
+
+def _json_constant(name: str) -> Any:
+    raise _JSONLimit(f"{name} is not a JSON value")
+
+
+def _check_content_type(value: str | None) -> None:
+    """415 unless the body is declared ``application/json`` (parameters such as
+    ``charset=utf-8`` may follow). A browser sends a cross-site ``text/plain`` or form POST
+    without asking the server first (no CORS preflight); JSON needs the preflight."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = f"{value!r}" if value else "missing"
+        raise APIError(415, f"the request body must be sent with 'Content-Type: application/json' "
+                            f"(got {shown})", code="unsupported_media_type")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     too_large = APIError(413, f"the request body is larger than this server's limit of "
                               f"{limit / 2**20:.1f} MiB (--max-body-mb)", code="body_too_large")

@@ -64,6 +64,15 @@ def serve(
     request_timeout: Annotated[float, typer.Option(
         help="Seconds a request may take in all, queueing included (504 beyond; the request "
              "is aborted in the engine).")] = 300.0,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a client may take to send its request body (408 beyond). A request "
+             "takes a --max-queue slot only once its body has arrived.")] = 60.0,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host",
+        help="When listening on a loopback address, requests must name a loopback host "
+             "(localhost, 127.0.0.1, [::1]) in their Host header, or get 421: this stops "
+             "web pages from reaching the server through DNS rebinding. Add a name here "
+             "(repeatable) to accept it too, e.g. behind a local proxy.")] = None,
     max_num_seqs: MaxNumSeqsOption = _ENGINE_DEFAULTS.max_num_seqs,
     max_batch_audio_seconds: MaxBatchAudioOption = _ENGINE_DEFAULTS.max_batch_audio_seconds,
     max_kv_cache_tokens: MaxKVCacheOption = _ENGINE_DEFAULTS.max_kv_cache_tokens,
@@ -93,6 +102,9 @@ def serve(
             max_body_bytes=int(max_body_mb * 2**20),
             max_queue=max_queue,
             request_timeout=request_timeout,
+            body_timeout=body_timeout,
+            # Bound to loopback, only local names are served: against DNS rebinding.
+            allowed_hosts=tuple(allowed_host or ()) if _is_loopback(host) else None,
             allowed_audio_dirs=allowed_dirs([str(d) for d in allow_audio_dir or ()]),
             api_key=api_key,
         )
