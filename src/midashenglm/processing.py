@@ -18,7 +18,6 @@ This module is the one place where a conversation becomes model inputs:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
+from midashenglm import hf_remote
 from midashenglm.audio import SAMPLE_RATE, load_audio
 from midashenglm.modeling.geometry import MIN_AUDIO_SAMPLES, num_audio_tokens
 from midashenglm.modeling.weights import CheckpointError, read_json_file
@@ -108,12 +108,19 @@ class MiDashengLMProcessor:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in vocab else tokenizer.eos_token
         self._warned_rate = False  # the "array without a rate" warning, once per processor
+        # A loaded checkpoint's own processor remote code, kept on save (None: write ours).
+        self._published: hf_remote.PublishedCode | None = None
         self._templates: dict[tuple[str, bool], _Template] = {}  # default renderings, reused
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> MiDashengLMProcessor:
-        """Tokenizer and audio settings from a checkpoint folder or Hub id."""
+        """Tokenizer and audio settings from a checkpoint folder or Hub id.
+
+        The checkpoint's remote code (``auto_map``, ``processing_midashenglm.py``) is never
+        imported; a checkpoint's own remote code is remembered, as bytes, so that
+        :meth:`save_pretrained` writes it back unchanged.
+        """
         from transformers import PretrainedConfig
 
         folder = Path(path_or_id).expanduser()
@@ -128,7 +135,9 @@ class MiDashengLMProcessor:
         config = read_json_file(path_or_id, "config.json")
         # A neutral config object: AutoTokenizer would otherwise parse config.json itself
         # and warn that it does not know the "midashenglm" model type.
-        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), config=PretrainedConfig())
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path_or_id), config=PretrainedConfig(), trust_remote_code=False
+        )
         settings: dict[str, Any] = {}
         if config:
             enc = config.get("audio_encoder_config") or {}
@@ -139,10 +148,21 @@ class MiDashengLMProcessor:
                 subsample_factor=config.get("subsample_factor", 5),
                 sample_rate=enc.get("sample_rate", SAMPLE_RATE),
             )
-        return cls(tokenizer, **{**settings, **kwargs})
+        processor = cls(tokenizer, **{**settings, **kwargs})
+        processor._published = hf_remote.read_published(
+            folder if folder.is_dir() else _cached_folder(str(path_or_id))
+        )
+        return processor
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Tokenizer files plus the feature-extractor description of the official layout."""
+        """Tokenizer files, the feature-extractor description of the official layout, and
+        the processor remote code that ``transformers.AutoProcessor`` (and vLLM) load.
+
+        The remote code is ``processing_midashenglm.py`` with ``auto_map`` entries in
+        ``processor_config.json``, ``preprocessor_config.json`` and ``tokenizer_config.json``
+        (see :mod:`midashenglm.hf_remote`); a processor loaded from a checkpoint with remote
+        code of its own (a published one) writes that code and those configs back as they were.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.chat_template = self.chat_template
@@ -157,7 +177,22 @@ class MiDashengLMProcessor:
             "return_attention_mask": True,
             "processor_class": "MiDashengLMProcessor",
         }
-        (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+        if self._published is not None:
+            hf_remote.write_published(directory, self._published, preprocessor)
+            return
+        hf_remote.write_own(
+            directory,
+            processor_config={
+                "audio_token": AUDIO_TOKEN,
+                "audio_bos_token": AUDIO_BOS_TOKEN,
+                "audio_eos_token": AUDIO_EOS_TOKEN,
+                "hop_length": self.hop_length,
+                "patch_stride": self.patch_stride,
+                "subsample_factor": self.subsample_factor,
+                "min_audio_samples": self.min_audio_samples,
+            },
+            preprocessor_config=preprocessor,
+        )
 
     # ---------------------------------------------------------------- counting
     def num_audio_tokens(self, num_samples: int) -> int:
@@ -829,6 +864,17 @@ def pad_sequences(
 def _labels(ids: list[int], mask: list[int] | None) -> list[int]:
     assert mask is not None
     return [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
+
+
+def _cached_folder(repo_id: str) -> Path | None:
+    """The local snapshot folder of a Hub id in the cache, if its tokenizer is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "tokenizer_config.json")
+    except Exception:  # an id the cache does not know
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def _model_max_length(tokenizer: PreTrainedTokenizerBase) -> int | None:

@@ -42,7 +42,8 @@ ACCEPTED_MODEL_TYPES = ("midashenglm", "miaudiollm")
 
 _IGNORED_KEYS = re.compile(r"(^|\.)front_end\.0\.(mel_scale\.fb|spectrogram\.window)$")
 _KEY_RENAMES = [(re.compile(r"(^|\.)init_bn\.1\."), r"\1init_bn.")]
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+# "*.py": a checkpoint's remote code, kept (never imported) when it is saved again.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py"]
 
 
 class CheckpointError(RuntimeError):
