@@ -87,3 +87,21 @@ def test_init_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     out = run("init", "--out", str(tmp_path))
     assert out.returncode == 2 and "not empty" in out.stderr
+
+
+def test_init_takes_inline_json_longer_than_a_file_name(tmp_path):
+    """An inline --decoder config over 255 bytes once crashed with 'File name too long'."""
+    from typer.testing import CliRunner
+
+    from midashenglm.cli import app
+
+    config = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 512, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+              "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_dropout": 0.0}
+    text = json.dumps(config, indent=1)
+    assert len(text.encode()) > 255
+    result = CliRunner().invoke(app, ["init", "--out", str(tmp_path / "m"), "--decoder", text])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["text_config"]
+    assert saved["hidden_size"] == 64 and saved["num_hidden_layers"] == 1

@@ -265,3 +265,30 @@ def test_a_rate_beside_encoded_audio_must_be_the_loading_rate(processor, tmp_pat
     assert np.array_equal(same, expected)  # transformers' reading: the rate to load at
     with pytest.raises(ValueError, match="sampling_rate=8000 beside encoded audio"):
         processor.load({"type": "audio", "path": str(path), "sampling_rate": 8000})
+
+
+# ------------------------------------------- an answer cut inside a multi-byte character
+def test_an_answer_cut_inside_a_character_drops_the_partial_bytes(processor):
+    """vLLM's detokenizer drops the U+FFFD of an incomplete UTF-8 sequence at the end of an
+    answer cut by the token limit; so do we, streamed or not (found by scripts/check_vllm.py)."""
+    from midashenglm.inference.output import RequestState, StepClock
+
+    tokenizer = processor.tokenizer
+    word = "né€"  # 1 + 2 + 3 bytes
+    full = tokenizer.encode(word, add_special_tokens=False)
+    cut = next(n for n in range(1, len(full)) if tokenizer.decode(full[:n]).endswith("\ufffd"))
+    expected = tokenizer.decode(full[:cut]).rstrip("\ufffd")
+    assert expected != tokenizer.decode(full[:cut])  # the cut really is inside a character
+    for streamed in (False, True):
+        pieces: list[str] = []
+        item = PreparedRequest(0, Request([{"role": "user", "content": "x"}],
+                                          SamplingParams(max_new_tokens=cut)),
+                               ids=[1], clips=[], prefix_len=0, max_new=cut, t_start=0.0,
+                               on_text=pieces.append if streamed else None)
+        state = RequestState(item, tokenizer, frozenset(), StepClock(0.0, 0.0, 0.0, 0.0))
+        done = [state.add(token, 1.0) for token in full[:cut]]
+        assert done[-1] and state.finish == "length"
+        result = state.result(tokenizer)
+        assert result.text == expected and result.token_ids == full[:cut]
+        if streamed:
+            assert "".join(pieces) == result.text

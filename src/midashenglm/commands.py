@@ -225,19 +225,26 @@ def init(
     console.print(f"wrote {shown} ({params:,} parameters, {dtype}); inspect it with: midashenglm info {shown}")
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
 def _decoder_config(name: str, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A preset, a JSON file, or inline JSON (text starting with ``{``): a transformers text config."""
     if name in presets:
         return dict(presets[name])
     path = Path(name)
-    if path.is_file():
+    if name.lstrip().startswith(("{", "[")):  # before any file check: names have length limits
+        source, text = "--decoder (inline JSON)", name
+    elif _is_file(path):
         source = f"--decoder {path}"
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"{source}: cannot read it ({err})") from None
-    elif name.lstrip().startswith(("{", "[")):
-        source, text = "--decoder (inline JSON)", name
     else:
         raise UserError(
             f"--decoder {name!r}: not a preset ({', '.join(presets)}), a JSON file, "

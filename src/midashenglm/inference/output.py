@@ -74,7 +74,9 @@ class RequestState:
                 self.item.on_text = None
 
     def result(self, tokenizer: Any) -> Result:
-        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        # An answer cut short (token limit, abort) can end inside a character, whose bytes
+        # decode to U+FFFD; it is dropped, as vLLM's detokenizer does and as streaming does.
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True).rstrip("\ufffd")
         finish = self.finish or "length"
         cut = find_stop(text, self.stops) if self.stops else -1
         if cut >= 0:
