@@ -17,9 +17,12 @@ Attacks (the numbers are the items of issue 11, "held" are those that already he
                    three at once each; peak memory must stay under 1 GiB above idle
   2 malformed JSON 1000-deep nesting in an ignored field, a 5000-digit integer, NaN
   3 huge text      10 MiB of text is refused fast, and a small request sent meanwhile is
-                   answered without waiting for it; the refusal names the text
+                   answered without waiting for it; the refusal names the text; bodies
+                   huge in structure: 2,000 empty messages, 1,000 one-sample clips, an
+                   ignored list of 2 M zeros, a 10 MiB model name (echoed in the 404?)
   4 cross-site     text/plain and form bodies (415), a foreign Host header (421)
-  5 slow clients   a stalled upload and a trickling one are cut at --body-timeout (408);
+  5 slow clients   a stalled upload and a trickling one are cut at --body-timeout (408),
+                   slow headers at --header-timeout, 1-byte HTTP chunks refused (400);
                    with 200 stalled uploads open a normal request is answered; 40
                    clients that vanish mid-upload leave no traceback in the log
   6 dead streams   50 streaming clients that close after the first chunk: decode steps
@@ -59,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadtest_server import MemorySampler, start_server, tiny_model  # noqa: E402
 
 MIB = 2**20
+ROWS = 16  # the server's --max-num-seqs
 
 
 @dataclass
@@ -76,7 +80,8 @@ class Target:
     """The server under attack: its URL, pid, the model name and the folders it may read."""
 
     def __init__(self, url: str, pid: int, model: str, model_dir: Path, audio_dir: Path,
-                 work: Path, body_timeout: float, max_tokens: int) -> None:
+                 work: Path, body_timeout: float, max_tokens: int, header_timeout: float) -> None:
+        self.header_timeout = header_timeout
         self.url, self.pid, self.model, self.model_dir = url, pid, model, model_dir
         self.audio_dir, self.work = audio_dir, work
         self.body_timeout, self.max_tokens = body_timeout, max_tokens
@@ -241,6 +246,35 @@ def huge_text(target: Target, quick: bool) -> list[Outcome]:
                     f"refused in {t_big:.2f} s; small request took {t_small:.2f} s")]
 
 
+def request_shape(target: Target, quick: bool) -> list[Outcome]:
+    """Bodies small in text but huge in structure (found by a tester after the first fixes)."""
+    good = json.dumps(target.body())
+    empty = {"role": "user", "content": ""}
+    many = {**target.body(), "messages": [empty] * 2_000 + target.body()["messages"]}
+    tiny_clips = {**target.body(), "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(1 / 16000)).decode()}}
+        for _ in range(1_000)] + [{"type": "text", "text": "What?"}]}]}
+    cases = [
+        ("2,000 empty messages", many, "400 invalid_value"),
+        ("1,000 clips of one sample each", tiny_clips, "200 or 400, within seconds"),
+        ("an ignored list of 2 M zeros", good[:-1] + ', "x": [' + "0," * 2_000_000 + "0]}", "400 invalid_json"),
+        ("a 10 MiB model name", {**target.body(), "model": "m" * (10 * MIB)}, "404, short message"),
+    ]
+    out = []
+    for label, body, expect in cases:
+        results, secs, peak = measured(target, lambda b=body: asyncio.run(post_many(target, [b])))
+        status, parsed, _ = results[0]
+        size = len(json.dumps(parsed)) if isinstance(parsed, dict) else len(parsed)
+        held = {"400 invalid_value": status == 400 and error_code(parsed) == "invalid_value",
+                "400 invalid_json": status == 400 and error_code(parsed) == "invalid_json",
+                "404, short message": status == 404 and size < 2048,
+                }.get(expect, status in (200, 400) and secs < 30)
+        out.append(Outcome(f"request shape: {label}", expect, held,
+                           {f"{status} {error_code(parsed)}".strip(): 1}, secs, peak,
+                           f"error body {size} bytes" if status >= 400 else ""))
+    return out
+
+
 def cross_site(target: Target, quick: bool) -> list[Outcome]:
     raw = json.dumps(target.body()).encode()
     cases = [("text/plain body", {"Content-Type": "text/plain"}, 415),
@@ -282,6 +316,47 @@ def slow_clients(target: Target, quick: bool) -> list[Outcome]:
     secs = time.perf_counter() - t0
     out.append(Outcome("slow client: 1 byte every 2 s", f"408 at ~{deadline:g} s",
                        status == 408 and secs < deadline + 5, {str(status): 1}, secs))
+    # Slow headers (slowloris): one header line every second.
+    t0 = time.perf_counter()
+    with socket.create_connection((target.host, target.port), timeout=target.header_timeout + 15) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
+        closed = False
+        while time.perf_counter() - t0 < target.header_timeout + 6:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                s.settimeout(1.0)
+                if s.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    secs = time.perf_counter() - t0
+    out.append(Outcome("slow client: a header line every second (slowloris)",
+                       f"closed at ~{target.header_timeout:g} s", closed and secs < target.header_timeout + 3,
+                       {"closed" if closed else "open": 1}, secs))
+    # One-byte HTTP chunks as fast as possible, with a normal request meanwhile.
+    def fragmented() -> tuple[int, float]:
+        with socket.create_connection((target.host, target.port), timeout=30) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            status = 0
+            for _ in range(200):
+                try:
+                    s.sendall(b"1\r\n \r\n" * 100)
+                except OSError:
+                    break
+            s.settimeout(10)
+            status = read_status(s)
+            return status, 0.0
+
+    t0 = time.perf_counter()
+    status, _ = fragmented()
+    secs = time.perf_counter() - t0
+    out.append(Outcome("slow client: 20,000 one-byte HTTP chunks", "connection closed at once",
+                       status == 0 and secs < 2, {"closed" if status == 0 else str(status): 1}, secs))
     # Many stalled uploads, then a normal request.
     n = 40 if quick else 200
     socks = []
@@ -334,10 +409,11 @@ def dead_streams(target: Target, quick: bool) -> list[Outcome]:
 
     idle_after, secs, peak = measured(target, attack)
     steps = target.health()["engine"].get("decode_steps", 0) - before
-    # Without aborts every stream runs to max_tokens: at least max_tokens steps in all.
-    held = steps < target.max_tokens // 2 and idle_after < 2.0
+    # Without aborts every stream runs to max_tokens, in batches of at most ROWS rows.
+    unaborted = -(-n // ROWS) * target.max_tokens
+    held = steps < unaborted // 4 and idle_after < 2.0
     return [Outcome(f"dead streams: {n} clients close after the first chunk",
-                    f"aborted: far fewer than {target.max_tokens} decode steps, idle at once", held,
+                    f"aborted: under a quarter of the {unaborted} decode steps unaborted, idle at once", held,
                     {}, secs, peak, f"{steps} decode steps; idle {idle_after:.2f} s after the last close")]
 
 
@@ -403,7 +479,7 @@ def already_held(target: Target, quick: bool) -> list[Outcome]:
     return out
 
 
-ATTACKS = [decode_bombs, malformed_json, huge_text, cross_site, slow_clients, dead_streams,
+ATTACKS = [decode_bombs, malformed_json, huge_text, request_shape, cross_site, slow_clients, dead_streams,
            already_held, forged_output]
 
 
@@ -422,8 +498,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the subset run by `make test`")
     p.add_argument("--body-timeout", type=float, default=3.0,
                    help="the server's --body-timeout during the run (default 3 s)")
-    p.add_argument("--max-tokens", type=int, default=64,
-                   help="answer length asked by the dead-stream clients (default 64)")
+    p.add_argument("--header-timeout", type=float, default=2.0,
+                   help="the server's --header-timeout during the run (default 2 s)")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="answer length asked by the dead-stream clients (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -438,11 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         log_path = work / "server.log"
         log = stack.enter_context(open(log_path, "w+"))
         settings = SimpleNamespace(requests=200, max_tokens=args.max_tokens, max_seconds=299.0,
-                                   max_batch_size=16, time_limit=120.0)
+                                   max_batch_size=ROWS, time_limit=120.0)
         url, pid = start_server(model, settings, stack, log=log, extra=(
             "--served-model-name", "tiny", "--allow-audio-dir", str(audio_dir),
-            "--body-timeout", str(args.body_timeout)))
-        target = Target(url, pid, "tiny", model, audio_dir, work, args.body_timeout, args.max_tokens)
+            "--body-timeout", str(args.body_timeout), "--header-timeout", str(args.header_timeout)))
+        target = Target(url, pid, "tiny", model, audio_dir, work, args.body_timeout, args.max_tokens,
+                        args.header_timeout)
         idle = MemorySampler(pid).start_rss / MIB
         outcomes: list[Outcome] = []
         for attack in ATTACKS:

@@ -36,5 +36,7 @@ def test_the_quick_attack_run_breaks_nothing():
     assert all(s == {"421": 1} for n, s in seen.items() if n.startswith("DNS rebinding"))
     assert {n: s for n, s in seen.items() if n.startswith("slow client:")} == {
         "slow client: headers, then nothing": {"408": 1},
-        "slow client: 1 byte every 2 s": {"408": 1}}
+        "slow client: 1 byte every 2 s": {"408": 1},
+        "slow client: a header line every second (slowloris)": {"closed": 1},
+        "slow client: 20,000 one-byte HTTP chunks": {"closed": 1}}
     assert seen["server log"] == {"0 tracebacks": 1}

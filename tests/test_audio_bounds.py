@@ -287,3 +287,104 @@ def test_eight_channel_ffmpeg_input_does_not_crash(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert abs(int(done.stdout) - 2 * SAMPLE_RATE) < SAMPLE_RATE // 10
+
+
+# ---- streams whose rate changes mid-stream (hand-made FLAC frames)
+
+
+def _crc_table(poly: int, bits: int) -> list[int]:
+    top, mask, table = 1 << (bits - 1), (1 << bits) - 1, []
+    for byte in range(256):
+        c = byte << (bits - 8)
+        for _ in range(8):
+            c = ((c << 1) ^ poly) & mask if c & top else (c << 1) & mask
+        table.append(c)
+    return table
+
+
+_CRC8, _CRC16 = _crc_table(0x07, 8), _crc_table(0x8005, 16)
+
+
+def _crc(data: bytes, table: list[int], bits: int) -> int:
+    c = 0
+    for byte in data:
+        c = ((c << 8) & ((1 << bits) - 1)) ^ table[(c >> (bits - 8)) ^ byte]
+    return c
+
+
+def _utf8_number(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    assert n < 0x10000
+    if n < 0x800:
+        return bytes([0xC0 | n >> 6, 0x80 | n & 0x3F])
+    return bytes([0xE0 | n >> 12, 0x80 | n >> 6 & 0x3F, 0x80 | n & 0x3F])
+
+
+def _flac_frame(number: int, rate: int, samples: np.ndarray) -> bytes:
+    """One fixed-blocksize FLAC frame with its own rate in the header: (n, channels) int16
+    samples, a CONSTANT subframe where a channel is constant, else VERBATIM."""
+    n, channels = samples.shape
+    rate_code, rate_bytes = ((0b1101, rate.to_bytes(2, "big")) if rate < 65536 else
+                             (0b1110, (rate // 10).to_bytes(2, "big")))
+    head = (bytes([0xFF, 0xF8, 0b0111 << 4 | rate_code, (channels - 1) << 4 | 0b100 << 1])
+            + _utf8_number(number) + (n - 1).to_bytes(2, "big") + rate_bytes)
+    body = head + bytes([_crc(head, _CRC8, 8)])
+    for ch in samples.T:
+        if (ch == ch[0]).all():
+            body += b"\x00" + int(ch[0]).to_bytes(2, "big", signed=True)
+        else:
+            body += b"\x02" + ch.astype(">i2").tobytes()
+    return body + _crc(body, _CRC16, 16).to_bytes(2, "big")
+
+
+def _flac(rate: int, channels: int, segments: list[tuple[int, np.ndarray]]) -> bytes:
+    """A FLAC stream: STREAMINFO says ``rate`` and an open length; then (rate, samples)
+    frames, each with its own rate."""
+    info = ((16).to_bytes(2, "big") + (65535).to_bytes(2, "big") + bytes(6)
+            + (rate << 44 | (channels - 1) << 41 | 15 << 36).to_bytes(8, "big") + bytes(16))
+    frames = b"".join(_flac_frame(i, r, x) for i, (r, x) in enumerate(segments))
+    return b"fLaC" + b"\x80" + len(info).to_bytes(3, "big") + info + frames
+
+
+def test_a_mid_stream_rate_switch_does_not_escape_the_work_budget():
+    # The tester's file, scaled down: STREAMINFO and the first frame say 1 kHz x 8 channels
+    # and leave the length open, then 600 frames of 65535 samples at 655.35 kHz follow.
+    # FFmpeg follows the switch. Counted after resampling to the first frame's rate, each big
+    # frame cost 800 samples of work and 0.1 s: the file passed as 61 s under a 70 s limit
+    # while decoding 314.6 M samples, 11.7 times the budget of 26.88 M.
+    silence = np.zeros((65535, 8), np.int16)
+    data = _flac(1000, 8, [(1000, silence[:1000])] + [(655_350, silence)] * 600)
+    assert len(data) < 40_000
+    max_seconds, frame_work = 70, 65535 * 8
+    budget = max_seconds * MAX_SAMPLES_PER_LIMIT_SECOND
+    start = time.perf_counter()
+    with pytest.raises(AudioTooLargeError, match=r"decoding stopped") as info:
+        load_audio(data, max_seconds=max_seconds)
+    assert time.perf_counter() - start < 2.0
+    problem = info.value.problem
+    assert "up to 655350 Hz x 8 channels" in problem, problem
+    work = int(re.search(r"is ([\d,]+) samples to decode", problem).group(1).replace(",", ""))
+    # Counted at the source rate, frame by frame: stopped within one frame of the budget.
+    assert budget < work <= budget + frame_work
+
+
+def test_each_stretch_is_resampled_from_its_own_rate():
+    # 1 s at 8 kHz (440 Hz), then 1 s at 16 kHz (5 kHz: above the first stretch's Nyquist
+    # frequency, so resampling everything to the first frame's rate would erase it).
+    def tone(rate: int, hz: float) -> np.ndarray:
+        return (0.5 * np.sin(2 * np.pi * hz * np.arange(rate) / rate) * 32767).astype(np.int16)
+
+    low, high = tone(8000, 440), tone(16000, 5000)
+    segments = [(8000, low[i:i + 4000, None]) for i in (0, 4000)]
+    segments += [(16000, high[i:i + 4000, None]) for i in range(0, 16000, 4000)]
+    data = _flac(8000, 1, segments)
+    for max_seconds in (None, 3):
+        y = load_audio(data, max_seconds=max_seconds)
+        assert len(y) == pytest.approx(2 * SAMPLE_RATE, abs=2)
+        for part, hz in ((y[2000:14000], 440), (y[18000:30000], 5000)):
+            spectrum = np.abs(np.fft.rfft(part * np.hanning(len(part))))
+            assert abs(np.argmax(spectrum) * SAMPLE_RATE / len(part) - hz) < 5
+            assert np.sqrt(np.mean(part**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+    with pytest.raises(AudioTooLongError, match=r"1\.75 s long or more \(decoding stopped\)"):
+        load_audio(data, max_seconds=1.5)

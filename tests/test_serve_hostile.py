@@ -243,9 +243,12 @@ def test_numbers_at_the_size_limit_pass(serve):
     assert len(top_p) == len(seed) == 64
     headers = {"Content-Type": "application/json"}
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        for field, value in (("top_p", top_p), ("seed", seed)):
+        for field, value in (("top_p", top_p), ("x_ignored", seed)):
             response = client.post(CHAT, content=with_field(GOOD, field, value), headers=headers)
             assert response.status_code == 200, (field, response.text)
+        # Within JSON's limit, the seed has its own range (what torch's generator takes).
+        response = client.post(CHAT, content=with_field(GOOD, "seed", seed), headers=headers)
+        assert (response.status_code, error_code(response)) == (400, "invalid_value")
         too_long = client.post(CHAT, content=with_field(GOOD, "seed", seed + "9"), headers=headers)
         assert (too_long.status_code, error_code(too_long)) == (400, "invalid_json")
 
@@ -611,3 +614,166 @@ def test_a_top_k_beyond_int64_is_refused_by_validation(serve, engine):
     assert reply.status_code == 400
     assert error_code(reply) in ("invalid_value", "invalid_sampling_parameter")
     assert engine.stats["prefills"] == groups_before  # never reached a batch
+
+
+# ------------------------------------------- found by a second round of attacks (issue 11)
+def test_request_shape_is_bounded_before_templating(serve):
+    from midashenglm.serve.schemas import MAX_MESSAGES, MAX_PARTS
+
+    server = serve()
+    empty = {"role": "user", "content": ""}
+    last = chat_body(question="hi")["messages"]
+    too_many = {**chat_body(), "messages": [empty] * MAX_MESSAGES + last}
+    reply = httpx.post(f"{server.url}{CHAT}", json=too_many, timeout=60)
+    assert reply.status_code == 400 and error_code(reply) == "invalid_value"
+    assert f"at most {MAX_MESSAGES}" in reply.json()["error"]["message"]
+    parts = [{"type": "text", "text": "x"}] * (MAX_PARTS + 1)
+    reply = httpx.post(f"{server.url}{CHAT}", json={**chat_body(), "messages": [
+        {"role": "user", "content": parts}]}, timeout=60)
+    assert reply.status_code == 400 and f"at most {MAX_PARTS} content parts" in reply.text
+
+
+def test_tiny_clips_count_as_the_model_pads_them(serve):
+    """A 1-sample clip costs the model 0.2 s of audio (padded to 3200 samples): 11 of them
+    exceed a 2 s limit although their samples add up to 11/16000 s."""
+    server = serve(max_audio_seconds=2.0)
+    one_sample = wav_bytes(clip(1 / 16000))
+    ten = chat_body(*[audio_part(one_sample)] * 10, max_tokens=2)
+    assert httpx.post(f"{server.url}{CHAT}", json=ten, timeout=60).status_code == 200
+    eleven = chat_body(*[audio_part(one_sample)] * 11, max_tokens=2)
+    reply = httpx.post(f"{server.url}{CHAT}", json=eleven, timeout=60)
+    assert reply.status_code == 400 and error_code(reply) == "audio_too_long"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "tiny", "x": [' + b"0," * 100_000 + b"0]}",
+    b"\xef\xbb\xbf" + json.dumps({"model": "tiny"}).encode(),
+    json.dumps({"model": "tiny"}).encode("utf-16"),
+    json.dumps({"model": "tiny"}).encode("utf-32-le"),
+], ids=["100001 values", "UTF-8 BOM", "UTF-16", "UTF-32"])
+def test_bodies_huge_in_values_or_not_utf8_are_invalid_json(serve, raw):
+    server = serve()
+    reply = httpx.post(f"{server.url}{CHAT}", content=raw,
+                       headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 400 and error_code(reply) == "invalid_json"
+
+
+def test_echoed_client_values_are_cut_short(serve):
+    server = serve()
+    name = "m" * 1_000_000
+    reply = httpx.post(f"{server.url}{CHAT}", json={**chat_body(), "model": name}, timeout=60)
+    assert reply.status_code == 404 and len(reply.content) < 1024
+    assert "(1000002 characters)" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("seed,ok", [(2**64 - 1, True), (-(2**63), True), (2**64, False),
+                                     (-(2**63) - 1, False)])
+def test_seed_is_bounded_to_what_the_generator_takes(serve, seed, ok):
+    server = serve()
+    reply = httpx.post(f"{server.url}{CHAT}", json=chat_body(max_tokens=2, temperature=1.0,
+                                                             seed=seed), timeout=60)
+    assert (reply.status_code == 200) == ok
+    if not ok:
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "seed"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:80@evil.example", "[::1]evil.com", "[::1].evil.com",
+                                  "localhost/evil", "local host"])
+def test_host_headers_that_are_not_host_names_are_refused(serve, host):
+    server = serve(allowed_hosts=())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(raw_head(server.port, method="GET", path="/health", host=host,
+                              content_type=None))
+        status, _, _ = read_response(sock)
+    assert status in (400, 421)  # h11 itself refuses some (400); ours answer 421
+
+
+def test_upper_case_data_urls_are_data_urls(serve):
+    server = serve()
+    data = "DATA:audio/wav;base64," + __import__("base64").b64encode(wav_bytes(clip(0.5))).decode()
+    body = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "audio_url", "audio_url": {"url": data}}, {"type": "text", "text": "What?"}]}]}
+    assert httpx.post(f"{server.url}{CHAT}", json=body, timeout=60).status_code == 200
+
+
+def test_a_timed_out_request_holds_its_queue_slot_until_its_preparation_ends(engine, serve):
+    """The worker thread preparing a request cannot be stopped: after its 504 the slot stays
+    taken until it returns, so --max-queue still bounds the work in progress."""
+    release = threading.Event()
+
+    class SlowPrepare(EngineProbe):
+        def prepare(self, request: Any) -> Any:
+            release.wait(30)
+            return engine.prepare(request)
+
+    server = serve(app_engine=SlowPrepare(engine), max_queue=1, request_timeout=0.5)
+    first = httpx.post(f"{server.url}{CHAT}", json=chat_body(max_tokens=2), timeout=30)
+    assert first.status_code == 504
+    second = httpx.post(f"{server.url}{CHAT}", json=chat_body(max_tokens=2), timeout=30)
+    assert second.status_code == 429  # the first one's preparation is still running
+    release.set()
+    wait_until(lambda: httpx.get(f"{server.url}/health", timeout=10).json()["in_flight"] == 0)
+
+
+@pytest.fixture
+def deadline_server(engine):
+    from midashenglm.serve.protocol import deadline_protocol
+
+    app = create_app(engine, ServeConfig(served_model_name="tiny", body_timeout=30))
+    with ServerThread(app, http=deadline_protocol(1.0)) as server:
+        yield server
+
+
+def test_slow_headers_are_cut_at_the_header_deadline(deadline_server):
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", deadline_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
+        closed = False
+        while time.monotonic() - t0 < 6:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                sock.settimeout(0.3)
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed and 0.9 < time.monotonic() - t0 < 3
+    # A prompt client on the same server is unaffected (also on a kept-alive connection).
+    with httpx.Client(base_url=deadline_server.url, timeout=30) as client:
+        for _ in range(2):
+            assert client.post(CHAT, json=chat_body(max_tokens=2)).status_code == 200
+
+
+def test_a_body_in_one_byte_http_chunks_is_cut_off(deadline_server):
+    with socket.create_connection(("127.0.0.1", deadline_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(1000):
+                sock.sendall(b"1\r\n \r\n" * 100)
+                time.sleep(0.001)
+            sock.settimeout(5)
+            if sock.recv(1) == b"":
+                raise ConnectionResetError("closed")
+        assert time.monotonic() - t0 < 5
+    # Chunked uploads of normal pieces pass.
+    body = json.dumps(chat_body(max_tokens=2)).encode()
+    pieces = [body[i:i + 64] for i in range(0, len(body), 64)]
+    reply = httpx.post(f"{deadline_server.url}{CHAT}", content=iter(pieces),
+                       headers={"Content-Type": "application/json"}, timeout=30)
+    assert reply.status_code == 200
+
+
+def test_a_lone_surrogate_in_text_is_named(serve):
+    server = serve()
+    raw = json.dumps(chat_body(question="hi \ud800 there"))  # JSON escapes it as \ud800
+    reply = httpx.post(f"{server.url}{CHAT}", content=raw,
+                       headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 400 and error_code(reply) == "invalid_value"
+    assert "lone surrogate" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["param"] == "messages[0].content[0].text"

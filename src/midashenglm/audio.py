@@ -44,7 +44,10 @@ limit, while a 192 kHz 8-channel file may last a quarter of it and a 655 kHz
 mono one about 59% (the file rate range above allows up to 1.536 MHz, where
 a quarter of the limit remains). A file over the budget is refused from its
 header (:class:`AudioTooLargeError`), or once decoding passes it when the
-header leaves the length open. Paths must be regular files, and FFmpeg may not
+header leaves the length open. The count is taken on the decoder's side, frame by frame at
+each frame's own rate, before any resampling, so a stream whose rate or channel count
+changes midway (FFmpeg follows such changes; each stretch is resampled from its own rate)
+gets no more decoding than a steady one. Paths must be regular files, and FFmpeg may not
 open other files or URLs on behalf of a playlist, so an input can only ever
 read itself.
 """
@@ -268,30 +271,56 @@ def _finish(mono: np.ndarray, rate: int, *, sample_rate: int, max_seconds: float
 class _Output:
     """The one validation + resampling path every input goes through, block by block.
 
-    Mono float32 blocks at ``rate`` go in; :meth:`result` gives the waveform at
-    ``sample_rate``. Only the resampled output is kept, so a decoder's memory does not grow
-    with the source rate or channel count. soxr's stream gives exactly the samples of a
-    one-shot ``soxr.resample`` of the whole signal, however it is cut into blocks.
+    Mono float32 blocks go in, each at its source rate (``rate`` unless :meth:`add` says
+    otherwise); :meth:`result` gives the waveform at ``sample_rate``. Only the resampled
+    output is kept, so a decoder's memory does not grow with the source rate or channel
+    count. soxr's stream gives exactly the samples of a one-shot ``soxr.resample`` of the
+    whole signal, however it is cut into blocks; where the rate changes mid-stream, each
+    stretch of one rate is resampled on its own and the pieces are joined.
     """
 
     def __init__(self, rate: int, *, sample_rate: int, desc: str, file: bool = False) -> None:
         self.rate, self.sample_rate, self.desc, self.file = rate, sample_rate, desc, file
-        self.frames = 0  # mono samples in
-        self.work = 0  # samples in, summed over the source channels
+        self.frames = 0  # mono samples in, at whatever rate each came
+        self.work = 0  # samples in at the source rate, summed over the source channels
         self.bad = 0  # NaN or infinite samples seen
+        self.max_rate, self.max_channels = rate, 1  # for messages: the widest seen
+        self.changed = False  # the rate or channel count changed mid-stream
+        self._channels = 0
+        self._done_seconds = 0.0  # duration of the stretches before the current rate
+        self._rate_frames = 0  # mono samples in at the current rate
         self._resampler: Any = None
         self._chunks: list[np.ndarray] = []
 
-    def add(self, mono: np.ndarray, channels: int = 1) -> None:
+    @property
+    def seconds(self) -> float:
+        return self._done_seconds + self._rate_frames / self.rate
+
+    def add(self, mono: np.ndarray, channels: int = 1, rate: int | None = None) -> None:
+        """Take ``mono`` (from ``channels`` source channels) at ``rate`` (default: as before).
+
+        ``work`` grows by the source samples over all channels, before any resampling."""
         n = mono.shape[0]
         if n == 0:
             return
-        if self.file and not self.frames:
+        rate = self.rate if rate is None else rate
+        if self.file and (not self.frames or rate != self.rate):
             low, high = _FILE_RATE_RANGE
-            if not low <= self.rate <= high:
+            if not low <= rate <= high:
                 raise AudioDecodeError(
-                    self.desc, f"implausible sample rate {self.rate} Hz (corrupt header?)")
+                    self.desc, f"implausible sample rate {rate} Hz (corrupt header?)")
+        if rate != self.rate:
+            if self.frames:  # close the stretch at the old rate: its tail belongs before ours
+                self.changed = True
+                self._flush()
+                self._done_seconds += self._rate_frames / self.rate
+            self.rate, self._rate_frames = rate, 0
+            self.max_rate = max(self.max_rate, rate) if self.frames else rate
+        if self._channels and channels != self._channels:
+            self.changed = True
+        self._channels, self.max_channels = channels, max(self.max_channels, channels)
         self.frames += n
+        self._rate_frames += n
         self.work += n * channels
         # A float64 sum is a cheap screen; count exactly only when something is off. Once a
         # bad sample is seen, only counting goes on, for the message.
@@ -312,18 +341,21 @@ class _Output:
         if chunk.shape[0]:
             self._chunks.append(chunk)
 
+    def _flush(self) -> None:
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._resampler = None
+            if tail.shape[0]:
+                self._chunks.append(tail)
+
     def result(self, max_seconds: float | None) -> np.ndarray:
         n, desc = self.frames, self.desc
         if n == 0:
             raise EmptyAudioError(desc, "no audio samples (0 samples after decoding)")
         if self.bad:
             raise NonFiniteAudioError(desc, f"{self.bad} of {n} samples are NaN or infinite")
-        _check_length(n / self.rate, max_seconds, desc)
-        if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            self._resampler = None
-            if tail.shape[0]:
-                self._chunks.append(tail)
+        _check_length(self.seconds, max_seconds, desc)
+        self._flush()
         chunks, self._chunks = self._chunks, []  # one copy at the end; the chunks go with it
         mono = chunks[0] if len(chunks) == 1 else np.concatenate([np.zeros(0, np.float32),
                                                                   *chunks])
@@ -341,17 +373,20 @@ def _check_length(seconds: float, max_seconds: float | None, desc: str, *, how: 
 
 
 def _check_work(work: float, rate: int, channels: int, seconds: float,
-                max_seconds: float | None, desc: str, *, how: str) -> None:
+                max_seconds: float | None, desc: str, *, how: str, varying: bool = False
+                ) -> None:
     """Refuse a file that needs more decoding than ``max_seconds`` allows (see the module
     docstring). ``work`` counts samples over all channels: declared by the header, or
-    decoded so far."""
+    decoded so far at the source rate. ``varying``: rate or channels changed mid-stream, and
+    ``rate`` and ``channels`` are the most seen."""
     if max_seconds is None:
         return
     limit = max_seconds * MAX_SAMPLES_PER_LIMIT_SECOND
     if work > limit:
         plural = "s" if channels != 1 else ""
+        up_to = "up to " if varying else ""
         raise AudioTooLargeError(
-            desc, f"{rate} Hz x {channels} channel{plural} x {seconds:.2f} s{how} is "
+            desc, f"{up_to}{rate} Hz x {channels} channel{plural} x {seconds:.2f} s{how} is "
                   f"{work:,.0f} samples to decode, over the limit of {limit:,.0f} for "
                   f"{max_seconds:g} s of audio ({MAX_SAMPLES_PER_LIMIT_SECOND:,} samples per "
                   "second over all channels, e.g. 48 kHz x 8 channels or 192 kHz stereo)")
@@ -559,11 +594,12 @@ def _decode(enc: _Encoded, *, sample_rate: int, max_seconds: float | None) -> np
     return out.result(max_seconds)
 
 
-def _check_decoding(out: _Output, channels: int, max_seconds: float | None, desc: str) -> None:
+def _check_decoding(out: _Output, max_seconds: float | None, desc: str) -> None:
     """A header can lie or leave the length open: stop as soon as a limit is passed."""
     how = " or more (decoding stopped)"
-    _check_length(out.frames / out.rate, max_seconds, desc, how=how)
-    _check_work(out.work, out.rate, channels, out.frames / out.rate, max_seconds, desc, how=how)
+    _check_length(out.seconds, max_seconds, desc, how=how)
+    _check_work(out.work, out.max_rate, out.max_channels, out.seconds, max_seconds, desc,
+                how=how, varying=out.changed)
 
 
 def _undecodable(enc: _Encoded, sf_failure: _DecoderFailed,
@@ -612,7 +648,7 @@ def _decode_with_soundfile(enc: _Encoded, sample_rate: int, max_seconds: float |
         out = _Output(rate, sample_rate=sample_rate, desc=enc.desc, file=True)
         for block in _sf_blocks(f):
             out.add(_downmix(block, channel_axis=1), channels)
-            _check_decoding(out, channels, max_seconds, enc.desc)
+            _check_decoding(out, max_seconds, enc.desc)
         declared = _declared_frames(f, enc.head)
     _check_complete(declared, out.frames, rate, enc.desc)
     return out
@@ -666,6 +702,12 @@ def _soundfile(enc: _Encoded) -> Iterator[sf.SoundFile]:
         if f.format == "MP3" and not _mp3_has_length_header(enc.head):
             # libsndfile would take a bitrate guess as the exact length and stop reading there.
             raise _DecoderFailed("MP3 without a Xing/Info/VBRI length header", recognised=True)
+        if f.format == "FLAC" and _sf_frames(f) is None:
+            # Without a total in STREAMINFO, libsndfile (1.2) reads to the end and then fails
+            # ("Internal psf_fseek() failed"), so FFmpeg would decode it all a second time;
+            # and it labels every frame with STREAMINFO's rate, where frames may change it.
+            raise _DecoderFailed("FLAC without a total length (left to FFmpeg)",
+                                 recognised=True)
         yield f
 
 
@@ -763,15 +805,16 @@ def _decode_with_pyav(enc: _Encoded, sample_rate: int, max_seconds: float | None
                             enc.desc, how=how)
         out = None
         for chunk, rate, channels in _pyav_mono_chunks(container, stream, enc.desc):
-            if out is None:  # every chunk comes at the first frame's rate
+            if out is None:
                 out = _Output(rate, sample_rate=sample_rate, desc=enc.desc, file=True)
-            out.add(chunk, channels)
+            # Each chunk is one decoded frame at its own rate: the work is counted as decoded.
+            out.add(chunk, channels, rate)
             # Stop as soon as a limit is passed: the stream may be much longer than that.
-            _check_decoding(out, channels, max_seconds, enc.desc)
+            _check_decoding(out, max_seconds, enc.desc)
     if out is None:
         out = _Output(1, sample_rate=sample_rate, desc=enc.desc, file=True)
     if declared is not None:
-        _check_complete(declared * out.rate, out.frames, out.rate, enc.desc)
+        _check_complete(declared * out.rate, round(out.seconds * out.rate), out.rate, enc.desc)
     return out
 
 
@@ -781,10 +824,8 @@ def _pyav_duration(enc: _Encoded) -> float:
         if declared is not None:
             return declared
         # No trustworthy header: count decoded samples (bounded like decoding).
-        total, rate = 0, 1
-        for chunk, chunk_rate, _ in _pyav_mono_chunks(container, stream, enc.desc):
-            total, rate = total + len(chunk), chunk_rate
-        return total / rate
+        return sum(len(chunk) / rate
+                   for chunk, rate, _ in _pyav_mono_chunks(container, stream, enc.desc))
 
 
 def _pyav_declared_seconds(container: Any, stream: Any) -> float | None:
@@ -801,13 +842,14 @@ def _pyav_declared_seconds(container: Any, stream: Any) -> float | None:
 
 def _pyav_mono_chunks(container: Any, stream: Any, desc: str
                       ) -> Iterator[tuple[np.ndarray, int, int]]:
-    """Yield (mono float32 samples, rate, source channels) chunks, all at the first frame's rate.
+    """Yield (mono float32 samples, rate, source channels) chunks of decoded frames, each at
+    its frame's own rate (never resampled here, so their lengths are the decoded samples).
 
     Bounded on any input: demuxing ends at the first read error or end of file (each read
     consumes input), isolated corrupt packets are skipped the way FFmpeg does, and a run
     of them ends decoding with :class:`AudioDecodeError`.
     """
-    converter, converter_key, rate = None, None, 0
+    converter, converter_key = None, None
     bad_in_row, last_error = 0, ""
     try:
         for packet in container.demux(stream):
@@ -822,18 +864,19 @@ def _pyav_mono_chunks(container: Any, stream: Any, desc: str
                 continue
             bad_in_row = 0
             for frame in frames:
-                rate = rate or frame.sample_rate
                 # Formats, layouts and rates may change mid-stream, and PyAV's resampler only
-                # handles the setup it saw first: use one per setup, always to flt at `rate`.
-                key = (frame.format.name, frame.layout.name, frame.sample_rate)
+                # handles the setup it saw first: use one per setup, converting to flt only
+                # (same layout and rate). Rates are converted by _Output, stretch by stretch.
+                rate = frame.sample_rate
+                key = (frame.format.name, frame.layout.name, rate)
                 if key != converter_key:
                     if converter is not None:
-                        yield from _mono_chunks(converter.resample(None), rate)
+                        yield from _mono_chunks(converter.resample(None), converter_key[2])
                     converter, converter_key = av.AudioResampler(
                         format="flt", layout=frame.layout, rate=rate), key
                 yield from _mono_chunks(converter.resample(frame), rate)
         if converter is not None:
-            yield from _mono_chunks(converter.resample(None), rate)
+            yield from _mono_chunks(converter.resample(None), converter_key[2])
     except (av.FFmpegError, ValueError) as e:
         if isinstance(e, AudioError):
             raise

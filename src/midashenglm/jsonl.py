@@ -4,12 +4,17 @@
 output file: each finished row is one line, flushed and fsynced; on restart a torn last
 line is repaired, the rows already there are skipped, and ``--retry-errors`` rewrites
 the file without its error rows (atomically).
+
+Every JSON line the project writes (result files, ``--json`` output) comes from
+:func:`dumps_line`: valid UTF-8 and one line whatever the row holds, and read back by
+``json.loads`` to the very same strings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -91,10 +96,54 @@ def rewrite(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
     return dropped
 
 
+# Characters ``json.dumps(ensure_ascii=False)`` leaves raw that ``str.splitlines`` (and
+# JavaScript before ES2019) take for line ends. They only occur inside JSON strings, so
+# their escapes are an exact replacement.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def dumps_line(obj: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """``obj`` as one JSON line (no newline at the end) that is always valid UTF-8.
+
+    Non-ASCII text stays readable (``ensure_ascii=False``), except on a line whose text
+    holds lone surrogates (from ``\\udcff`` escapes in a manifest, or file names that are
+    not UTF-8, which Python decodes to surrogates): that line is written ASCII-only, with
+    ``\\udcff`` escapes, which ``json.loads`` reads back to the same string (and
+    ``os.fsencode`` back to the original bytes of the name).
+    """
+    line = json.dumps(obj, ensure_ascii=False, default=default)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, default=default)
+    return line.translate(_LINE_BREAKS)
+
+
+def print_line(obj: Any, *, default: Callable[[Any], Any] | None = None,
+               stream: IO[str] | None = None) -> None:
+    """Print ``obj`` as one JSON line to ``stream`` (stdout), as UTF-8 bytes whatever the locale.
+
+    JSON exchanged between programs is UTF-8 (RFC 8259), so the bytes go to the
+    stream's binary buffer rather than through its text encoding: a Latin-1 or ASCII
+    locale (or $PYTHONIOENCODING) can neither fail on a caption nor change its bytes.
+    A stream without a buffer (an in-memory capture) takes the text.
+    """
+    stream = sys.stdout if stream is None else stream
+    line = dumps_line(obj, default=default) + "\n"
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(line)
+        stream.flush()
+        return
+    stream.flush()  # whatever was printed before goes first
+    buffer.write(line.encode("utf-8"))
+    buffer.flush()
+
+
 def append_rows(fh: IO[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as JSON lines (UTF-8 as is) and make them durable before returning."""
+    """Write rows as JSON lines (see :func:`dumps_line`) and make them durable before returning."""
     for row in rows:
-        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        fh.write(dumps_line(row, default=str) + "\n")
     _sync(fh)
 
 

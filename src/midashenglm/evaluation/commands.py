@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from midashenglm import jsonl
 from midashenglm.cli_options import DeviceOption, DtypeOption, MaxNumSeqsOption, ModelOption
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
@@ -116,8 +117,7 @@ def _register_evaluate(app: typer.Typer) -> None:
                           highlight=False)
             results.append(result)
             if as_json:
-                print(json.dumps(result.to_json(details=details), ensure_ascii=False),
-                      flush=True)
+                jsonl.print_line(result.to_json(details=details))
 
         if not as_json and results:
             table = Table(title="Evaluation")

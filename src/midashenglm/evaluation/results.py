@@ -15,7 +15,6 @@ fields a line needs depends on the metric; the scorer checks those.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -79,13 +78,14 @@ def write_row(fp: IO[str], row: dict[str, Any]) -> None:
     """Append one result row as a JSON line and flush, so an interrupted run loses nothing.
 
     ``row`` must carry a string ``model_output``; non-ASCII text is written as is
-    (the official files are UTF-8 JSON without escapes).
+    (the official files are UTF-8 JSON without escapes), except on a line holding lone
+    surrogates (a file name that is not UTF-8): see :func:`midashenglm.jsonl.dumps_line`.
     """
     if not isinstance(row, dict):
         raise TypeError(f"a result row must be a dict, got {type(row).__name__}")
     if not isinstance(row.get("model_output"), str):
         raise ValueError("a result row needs a string 'model_output'")
-    fp.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fp.write(jsonl.dumps_line(row) + "\n")
     fp.flush()
 
 

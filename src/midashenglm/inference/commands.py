@@ -7,7 +7,6 @@ Heavy imports (torch, transformers, the engine) happen inside the commands, so
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from midashenglm import jsonl
 from midashenglm.cli_options import (
     DeviceOption,
     DtypeOption,
@@ -149,9 +149,8 @@ def _answer(jobs: list[tuple[Path, str]], *, labels: list[str], model: str | Non
     results = _with_progress(engine, requests, "answering")
     failed = 0
     for label, (path, prompt), result in zip(labels, jobs, results, strict=True):
-        if as_json:  # exact: json.dumps escapes control characters itself
-            print(json.dumps({"file": str(path), "prompt": prompt, **result.to_dict()},
-                             ensure_ascii=False), flush=True)
+        if as_json:  # exact: UTF-8 whatever the locale; a name that is not UTF-8 round-trips
+            jsonl.print_line({"file": str(path), "prompt": prompt, **result.to_dict()})
         elif result.error is None:  # one line per answer: a name or an answer cannot forge one
             print(f"{label}: {printable_text(result.text)}" if len(jobs) > 1
                   else printable_text(result.text, keep_newlines=True), flush=True)

@@ -186,7 +186,7 @@ class Engine:
                 raise ValueError(
                     f"the prompt has {len(ids)} tokens ({_audio_part(clips)}) but the "
                     f"decoder's context window is {self.context_window} tokens; shorten "
-                    f"{_what_to_shorten(audio, len(ids) - audio, self.context_window)}"
+                    f"{_what_to_shorten(audio + 2 * len(clips), len(ids) - audio - 2 * len(clips), self.context_window)}"
                 )
             max_new = min(max_new, room)
         return PreparedRequest(index, request, ids, clips, prefix_len, max_new, t_start)

@@ -40,6 +40,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -62,7 +63,7 @@ from midashenglm.inference import Request as EngineRequest
 from midashenglm.inference import SamplingParams
 from midashenglm.serve import API_KEY_ENV, schemas
 from midashenglm.serve.audio_input import AudioPolicy, build_conversation
-from midashenglm.serve.errors import APIError, bad_request, error_body
+from midashenglm.serve.errors import APIError, bad_request, error_body, shown
 
 logger = logging.getLogger("midashenglm.serve")
 
@@ -243,18 +244,20 @@ class HostCheckMiddleware:
         await self.app(scope, receive, send)
 
     def trusted(self, host: str) -> bool:
-        name = host.strip().lower()
-        if name.startswith("["):  # [::1]:8000
-            name = name[1:].partition("]")[0]
-        elif name.count(":") == 1:
-            name = name.partition(":")[0]
-        name = name.rstrip(".")
+        match = _HOST_HEADER.fullmatch(host.strip().lower())
+        if match is None:  # userinfo, paths or junk: no browser sends these
+            return False
+        name = (match["name"] or match["ip6"]).rstrip(".")
         if name in self.allowed or name == "localhost" or name.endswith(".localhost"):
             return True
         try:
             return ipaddress.ip_address(name).is_loopback
         except ValueError:
             return False
+
+
+# RFC 9110 Host: a registered name or IPv4 address, or an IPv6 literal in brackets; a port.
+_HOST_HEADER = re.compile(r"(?:(?P<name>[a-z0-9._-]+)|\[(?P<ip6>[0-9a-f:.]+)\])(?::[0-9]{1,5})?")
 
 
 class _ChatAPI:
@@ -323,11 +326,13 @@ class _ChatAPI:
                 429, f"the server is busy: {self.config.max_queue} requests are already queued "
                      "or running (--max-queue); retry later", code="queue_full")
         live: _Live | None = None
+        preparing: asyncio.Future | None = None
         try:
             # Every check that can fail before the first token happens here, before any
             # response starts: a refused request is the same error streamed or not.
-            job = await asyncio.wait_for(run_in_threadpool(self._prepare, body),
-                                         deadline - time.monotonic())
+            preparing = asyncio.ensure_future(run_in_threadpool(self._prepare, body))
+            job = await asyncio.wait_for(asyncio.shield(preparing), deadline - time.monotonic())
+            preparing = None
             live = self._submit(job)
             if job.request.stream:
                 return _EventStream(self._events(job, live, deadline), on_close=live.abort,
@@ -337,8 +342,17 @@ class _ChatAPI:
         except asyncio.TimeoutError:
             raise _timeout(self.config.request_timeout) from None
         finally:
-            if live is None:  # never reached the engine: the slot is free now
+            if preparing is not None and not preparing.done():
+                # A worker thread cannot be stopped: the slot stays taken until it returns,
+                # so --max-queue still bounds the work in progress after a 504.
+                preparing.add_done_callback(self._release_after_prepare)
+            elif live is None:  # never reached the engine: the slot is free now
                 self.admission.release()
+
+    def _release_after_prepare(self, preparing: asyncio.Future) -> None:
+        if not preparing.cancelled():
+            preparing.exception()  # the client has its 504; the outcome is not needed
+        self.admission.release()
 
     def _prepare(self, body: bytes) -> _Job:
         """Parse, validate, decode the audio once, and let the engine build and check the
@@ -524,17 +538,31 @@ class _StreamState:
 # ------------------------------------------------------------------------------ helpers
 MAX_JSON_DEPTH = 32  # a chat request nests 6 deep (body, messages, message, content, part, audio)
 MAX_JSON_NUMBER_CHARS = 64  # no parameter needs more digits; Python's int() stops at 4300
+# Commas bound the values a body can hold (each costs ~50-100 bytes once parsed: 63 MiB of
+# "[{},{},...]" took 3 GB). Commas inside strings count too, which only matters for text of
+# over 100,000 commas, far beyond any context window's worth of tokens.
+MAX_JSON_ITEMS = 100_000
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object; 400 ``invalid_json`` for anything else.
 
-    Strict JSON (RFC 8259: no ``NaN``/``Infinity``), nested at most
+    Strict JSON (RFC 8259: UTF-8 without a byte-order mark, no ``NaN``/``Infinity``), at
+    most :data:`MAX_JSON_ITEMS` values (counted as commas, before parsing), nested at most
     :data:`MAX_JSON_DEPTH` deep (also in fields that are ignored later; deeper than the
     interpreter's recursion limit the C parser stops by itself) and numbers of at most
     :data:`MAX_JSON_NUMBER_CHARS` characters, so that no body can exhaust the parser's
     recursion or spend seconds converting digits.
     """
+    items = body.count(b",")
+    if items > MAX_JSON_ITEMS:
+        raise bad_request(f"the request body holds {items} commas; the limit is "
+                          f"{MAX_JSON_ITEMS} JSON values", code="invalid_json")
+    if body[:3] == b"\xef\xbb\xbf" or body[:2] in (b"\xff\xfe", b"\xfe\xff") or (
+            len(body) > 1 and (body[0] == 0 or body[1] == 0)):
+        # json.loads would detect UTF-16/32 and a BOM; RFC 8259 allows neither on the wire.
+        raise bad_request("the request body must be UTF-8 JSON without a byte-order mark",
+                          code="invalid_json")
     too_deep = bad_request(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels "
                            "deep (the limit)", code="invalid_json")
     try:
@@ -595,9 +623,9 @@ def _check_content_type(value: str | None) -> None:
     without asking the server first (no CORS preflight); JSON needs the preflight."""
     media = (value or "").split(";", 1)[0].strip().lower()
     if media != "application/json":
-        shown = f"{value!r}" if value else "missing"
+        got = shown(value) if value else "missing"
         raise APIError(415, f"the request body must be sent with 'Content-Type: application/json' "
-                            f"(got {shown})", code="unsupported_media_type")
+                            f"(got {got})", code="unsupported_media_type")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -695,7 +723,7 @@ def _timeout(seconds: float) -> APIError:
 
 
 def _model_not_found(asked: str, served: str) -> APIError:
-    return APIError(404, f"the model {asked!r} does not exist; this server serves {served!r}",
+    return APIError(404, f"the model {shown(asked)} does not exist; this server serves {served!r}",
                     param="model", code="model_not_found")
 
 

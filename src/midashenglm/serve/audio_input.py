@@ -39,7 +39,8 @@ from pydantic import BaseModel, ValidationError
 
 from midashenglm.audio import SAMPLE_RATE, AudioError, AudioTooLongError, load_audio
 from midashenglm.conversation import audio_part
-from midashenglm.serve.errors import APIError, bad_request
+from midashenglm.modeling.geometry import MIN_AUDIO_SAMPLES
+from midashenglm.serve.errors import APIError, bad_request, shown
 from midashenglm.serve.schemas import PART_MODELS, ChatMessage
 
 
@@ -85,6 +86,7 @@ def build_conversation(messages: list[ChatMessage], policy: AudioPolicy) -> Conv
         role = "system" if message.role == "developer" else message.role
         content = message.content
         if content is None or isinstance(content, str):
+            _check_text(content or "", f"messages[{i}].content")
             out.messages.append({"role": role, "content": content or ""})
             continue
         parts = [_convert_part(part, f"messages[{i}].content[{j}]", policy, out)
@@ -99,10 +101,11 @@ def _convert_part(part: dict[str, Any], where: str, policy: AudioPolicy,
     model = PART_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise bad_request(
-            f"{where}: type must be one of {', '.join(PART_MODELS)}, got {kind!r}",
+            f"{where}: type must be one of {', '.join(PART_MODELS)}, got {shown(kind)}",
             param=f"{where}.type", code="unsupported_content_type")
     parsed = _validate(model, part, where)
     if kind == "text":
+        _check_text(parsed.text, f"{where}.text")  # type: ignore[attr-defined]
         return {"type": "text", "text": parsed.text}  # type: ignore[attr-defined]
     if kind == "input_audio":
         data = decode_base64(parsed.input_audio.data, where, f"{where}.input_audio.data")  # type: ignore[attr-defined]
@@ -110,8 +113,20 @@ def _convert_part(part: dict[str, Any], where: str, policy: AudioPolicy,
     else:
         wave = _load_url(parsed.audio_url.url, where, policy, out)  # type: ignore[attr-defined]
     out.clips += 1
-    out.audio_seconds += len(wave) / policy.sample_rate
+    # Counted as the model sees it: a clip shorter than 0.2 s is padded to 0.2 s, so 1-sample
+    # clips cannot pack thousands of clips under the limit.
+    out.audio_seconds += max(len(wave), MIN_AUDIO_SAMPLES) / policy.sample_rate
     return audio_part(wave, sampling_rate=policy.sample_rate)
+
+
+def _check_text(text: str, param: str) -> None:
+    """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``); no tokenizer takes one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise bad_request(f"{param}: the text holds a lone surrogate ({err.object[err.start]!r} "
+                          f"at character {err.start}); send valid Unicode", param=param,
+                          code="invalid_value") from None
 
 
 def _validate(model: type[BaseModel], part: dict[str, Any], where: str) -> BaseModel:
@@ -165,8 +180,8 @@ def _load(source: Any, where: str, param: str, policy: AudioPolicy,
 
 def _load_url(url: str, where: str, policy: AudioPolicy, out: Conversation) -> np.ndarray:
     param = f"{where}.audio_url.url"
-    if url.startswith("data:"):
-        return _load(decode_base64(url, where, param), where, param, policy, out)
+    if url[:5].lower() == "data:":  # URL schemes are case-insensitive (RFC 3986)
+        return _load(decode_base64("data:" + url[5:], where, param), where, param, policy, out)
     path = _url_path(url, where, param)
     if not policy.files_allowed:
         raise bad_request(
@@ -177,7 +192,14 @@ def _load_url(url: str, where: str, policy: AudioPolicy, out: Conversation) -> n
         return _load(f, where, param, policy, out)
 
 
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX: a longer path cannot name a file
+
+
 def _url_path(url: str, where: str, param: str) -> str:
+    if len(url) > MAX_PATH_CHARS + 64:
+        raise bad_request(f"{where}: the audio URL is {len(url)} characters long; a file URL "
+                          f"or path has at most {MAX_PATH_CHARS}", param=param,
+                          code="invalid_audio_path")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -187,13 +209,13 @@ def _url_path(url: str, where: str, param: str) -> str:
         path = unquote(parts.path)
     elif scheme:
         raise bad_request(
-            f"{where}: {scheme}:// URLs are not fetched by this server; send the audio as "
+            f"{where}: {shown(scheme + ':', 40)} URLs are not fetched by this server; send the audio as "
             "input_audio (base64), a data: URL, or a file:// URL in an allowed folder",
             param=param, code="unsupported_url")
     else:
         path = url
     if not os.path.isabs(path):
-        raise bad_request(f"{where}: the audio path must be absolute, got {path!r}",
+        raise bad_request(f"{where}: the audio path must be absolute, got {shown(path)}",
                           param=param, code="invalid_audio_path")
     if "\x00" in path:
         raise bad_request(f"{where}: the audio path contains a NUL byte", param=param,

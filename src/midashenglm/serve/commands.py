@@ -67,6 +67,10 @@ def serve(
     body_timeout: Annotated[float, typer.Option(
         help="Seconds a client may take to send its request body (408 beyond). A request "
              "takes a --max-queue slot only once its body has arrived.")] = 60.0,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds a connection may take to send a request's headers, from connecting (or "
+             "from the previous response); slower connections are closed (slowloris).",
+        min=0.1)] = 10.0,
     allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host",
         help="When listening on a loopback address, requests must name a loopback host "
@@ -126,7 +130,10 @@ def serve(
     console.print(f"serving [bold]{config.served_model_name}[/] at http://{shown}:{port}/ "
                   f"(API: http://{shown}:{port}/v1"
                   f"{', API key required' if config.api_key else ''})", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    from midashenglm.serve.protocol import deadline_protocol
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                http=deadline_protocol(header_timeout))
 
 
 def _default_name(model: str) -> str:

@@ -51,3 +51,12 @@ def error_body(status: int, message: str, *, param: str | None = None,
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing client input in an error: a
+    60 MiB model name must not come back in the 404 (and sit in a send buffer)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
