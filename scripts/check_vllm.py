@@ -53,6 +53,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+try:  # our side (.venv); the vLLM side (--vllm-side, run in .venv-vllm) needs none of these
+    from midashenglm.bench.vllm import Procs, cause, tail, vllm_env
+except ImportError:  # .venv-vllm: the project is not installed there
+    Procs = cause = tail = vllm_env = None  # type: ignore[assignment,misc]
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 3200  # clips shorter than 0.2 s are zero-padded to this (ours and vLLM's)
 PROMPT = "Write an audio caption describing the sound"
@@ -113,19 +117,6 @@ def openai_messages(req: dict, wav_b64: dict[str, str]) -> list[dict]:
     messages = [{"role": "system", "content": req["system"]}] if req["system"] else []
     messages.append({"role": "user", "content": parts + [{"type": "text", "text": PROMPT}]})
     return messages
-
-
-def vllm_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env.update({
-        "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-        # On the CPU backend vLLM reserves a fraction of RAM (--gpu-memory-utilization,
-        # 0.92 by default: fails on a shared 24 GB machine); 1 GiB of KV cache is plenty here.
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    })
-    env.pop("PYTHONPATH", None)
-    env.update(extra or {})
-    return env
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -212,41 +203,7 @@ def vllm_side(spec_path: str) -> int:
 
 
 # ========================================================================= our side (.venv)
-class Procs:
-    """Child process groups (vLLM spawns more processes), ended on exit."""
-
-    def __init__(self) -> None:
-        self.groups: list[subprocess.Popen] = []
-
-    def start(self, cmd: list[str], **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
-        self.groups.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen, grace: float = 15.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except ProcessLookupError:
-                pass
-        # the group may outlive its leader (spawned engine processes)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if proc in self.groups:
-            self.groups.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self.groups):
-            self.stop(proc, grace=5.0)
-
-
-PROCS = Procs()
+PROCS = Procs() if Procs is not None else None
 
 
 def log(msg: str) -> None:
@@ -423,21 +380,6 @@ def run_vllm_offline(args, folder: Path, reqs: list[dict], messages: dict, clip_
     if result.get("load_error"):
         result["error"] = "vLLM could not load the checkpoint: " + cause(logfile, result["load_error"])
     return result
-
-
-def tail(path: Path, n: int = 15) -> str:
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    return "\n".join(lines[-n:])
-
-
-def cause(logfile: Path, fallback: str) -> str:
-    """The root-cause line of a failed engine start (the engine process logs it)."""
-    lines = logfile.read_text(errors="replace").splitlines() if logfile.is_file() else []
-    errors = [ln.split("] ", 2)[-1] if "] " in ln else ln for ln in lines
-              if ("Error:" in ln or "Exception:" in ln) and "Traceback" not in ln]
-    errors = [e for e in errors if "Engine core initialization failed" not in e
-              and "WorkerProc initialization failed" not in e]
-    return errors[0].strip() if errors else fallback
 
 
 def free_port() -> int:

@@ -2,7 +2,9 @@
 engine against plain ``transformers`` generation, and achieved against peak FLOP/s.
 
 ``midashenglm bench ttft|throughput|encoder|memory|all`` (see ``commands.py``) measures
-them side by side in one run and writes ``report.md``, ``report.json`` and plots.
+them side by side in one run and writes ``report.md``, ``report.json`` and plots;
+``midashenglm bench vllm`` (``vllm.py``, with ``vllm_worker.py`` run in each engine's venv)
+puts our engine against vLLM on the same model and requests.
 
 Layout: one module per measurement (``ttft``, ``throughput``, ``memory``, ``encoder``,
 ``mixed``, ``realistic``) on a shared ``context.Bench``; the machine's limits (matmul

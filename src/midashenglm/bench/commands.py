@@ -1,4 +1,4 @@
-"""``midashenglm bench ttft|throughput|encoder|memory|all``.
+"""``midashenglm bench ttft|throughput|encoder|memory|all|vllm``.
 
 Heavy modules (torch, transformers, the benchmark itself) load inside the commands,
 so ``midashenglm --help`` stays fast.
@@ -296,3 +296,93 @@ bench_app.command("all")(_command(
     "Everything above in one run (the peak, encoder/prefill efficiency, TTFT, throughput, "
     "mixed workload, engine, memory), printed as the three comparisons; --out writes the report.",
 ))
+
+
+@bench_app.command("vllm")
+def bench_vllm(
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md, report.json and report.png.")] = None,
+    vllm_python: Annotated[
+        Path | None,
+        typer.Option(help="The Python of vLLM's venv (default .venv-vllm/bin/python, built by `make "
+                     "vllm-env`; on a GPU machine, a venv with CUDA vLLM)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Few requests and batch sizes, 10 new tokens, 2 rounds, vLLM eager: a smoke test.")
+    ] = False,
+    repeats: Annotated[int | None, typer.Option(help="Rounds per workload and measurement (ours, vLLM, ...).")] = None,
+    new_tokens: Annotated[int | None, typer.Option(help="New tokens per request (default 100; EOS ignored).")] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option(help="Batch sizes of 30 s clips, comma-separated (default 1,2,4,8,16).")
+    ] = None,
+    mixed_requests: Annotated[int | None, typer.Option(help="Requests of the Figure 3 workload.")] = None,
+    realistic_requests: Annotated[int | None, typer.Option(help="Requests of the realistic task mix.")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Rows decoding together, both engines.")] = 32,
+    threads: Annotated[
+        int | None, typer.Option(help="Our engine's torch threads (default: all cores visible; vLLM binds its own).")
+    ] = None,
+    scale: Annotated[str, typer.Option(help="Model shapes: 'cpu' (the bench's scaled shapes) or 'full' (GPU).")] = "cpu",
+    device: Annotated[str, typer.Option(help="Our engine's device: auto, cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32 or bfloat16.")] = "auto",
+    vllm_eager: Annotated[
+        bool | None,
+        typer.Option("--vllm-eager/--vllm-compile",
+                     help="vLLM eager, or compiled (its default; ~1 min of start-up). Default: eager with --quick."),
+    ] = None,
+    vllm_kv_cache_gib: Annotated[float, typer.Option(help="vLLM's KV cache on a CPU (preallocated).")] = 0.25,
+    quiet_wait: Annotated[
+        float, typer.Option(help="Before each run, wait up to this many seconds until other processes keep "
+                            "fewer than 0.3 cores busy (a shared machine).")
+    ] = 10.0,
+    quiet_wait_total: Annotated[float, typer.Option(help="The most seconds of such waiting in all.")] = 240.0,
+    profile: Annotated[
+        bool, typer.Option(help="Profile our engine (torch.profiler, cProfile) on each workload where it is not faster.")
+    ] = False,
+    notes: Annotated[Path | None, typer.Option(help="Markdown added to report.md as its Findings.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Scratch folder: the model, clips, logs (default out/bench_vllm).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds for an engine's start-up or for one run.")] = 900.0,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the random audio.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+) -> None:
+    """Our inference engine against vLLM (offline LLM, in its own venv), same model and same
+    requests, side by side in one run: TTFT, requests/s, output tokens/s and peak memory on the
+    paper's Figure 3 lengths, the realistic task mix and 30 s clips at batch 1..16. Without vLLM's
+    venv it says how to build it (`make vllm-env`) and exits 2."""
+    from rich.console import Console
+
+    from midashenglm.bench.vllm import (
+        check_vllm_python,
+        default_vllm_python,
+        headline,
+        run,
+        write_report,
+    )
+    from midashenglm.errors import stderr_console
+
+    check_vllm_python(vllm_python or default_vllm_python())
+    if scale not in ("cpu", "full"):
+        raise UserError(f"--scale {scale!r}: choose cpu or full")
+    if notes is not None and not notes.is_file():
+        raise UserError(f"--notes {quote_name(notes)}: no such file")
+    console = stderr_console() if as_json else Console(soft_wrap=True)
+    options = {
+        "out": out, "vllm_python": vllm_python, "quick": quick, "repeats": _positive(repeats, "--repeats"),
+        "new_tokens": _positive(new_tokens, "--new-tokens"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"),
+        "mixed_requests": _positive(mixed_requests, "--mixed-requests"),
+        "realistic_requests": _positive(realistic_requests, "--realistic-requests"),
+        "max_num_seqs": _positive(max_num_seqs, "--max-num-seqs"), "threads": _positive(threads, "--threads"),
+        "scale": scale, "device": device, "dtype": dtype, "vllm_eager": vllm_eager,
+        "vllm_kv_cache_gib": vllm_kv_cache_gib, "profile": profile, "notes": notes, "work": work,
+        "timeout": timeout, "seed": seed, "quiet_wait": quiet_wait, "quiet_wait_total": quiet_wait_total,
+    }
+    log = lambda text: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {markup_text(text)}",  # noqa: E731
+                                     highlight=False)
+    report = run(options, log)
+    for line in headline(report["rows"]):
+        console.print(line, highlight=False)
+    if out is not None:
+        files = write_report(report, out)
+        console.print(f"wrote {markup_text(', '.join(quote_name(f) for f in files))}", highlight=False)
+    if as_json:
+        import json
+
+        print(json.dumps(report, default=str))
