@@ -277,3 +277,32 @@ def test_remote_processor_refuses_bad_input(processor):
     single = p(text=WRAPPED, audio=torch.from_numpy(clip(0.1)))  # one clip, as a tensor
     assert single["audio_length"].tolist() == [3200]
     assert torch.equal(single["input_values"][0, 1600:], torch.zeros(1600))
+
+
+@pytest.mark.parametrize("wave,problem", [
+    (np.full(16000, np.nan, np.float32), "NaN or infinite"),
+    (np.array([0.0, np.inf] * 2000, np.float32), "NaN or infinite"),
+    (np.zeros(0, np.float32), "no samples"),
+], ids=["NaN", "inf", "empty"])
+def test_the_remote_processor_refuses_what_ours_refuses(tiny_checkpoint, wave, problem):
+    """vLLM hands clips to this processor: a NaN or empty clip must be an error there as in
+    our loader (NonFiniteAudioError, EmptyAudioError), never silent padding (found by a tester)."""
+    from transformers import AutoProcessor
+
+    loaded = AutoProcessor.from_pretrained(str(tiny_checkpoint), trust_remote_code=True)
+    with pytest.raises(ValueError, match=problem):
+        loaded(text=[f"{loaded.audio_token} What?"], audio=[wave])
+
+
+def test_an_auto_map_path_outside_the_folder_is_ignored(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    (tmp_path / "evil.py").write_text("raise SystemExit('checkpoint code ran')\n")
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        config = json.loads((folder / name).read_text())
+        config["auto_map"] = {"AutoProcessor": f"{tmp_path}/evil.MiDashengLMProcessor"}
+        (folder / name).write_text(json.dumps(config))
+    processor = MiDashengLMProcessor.from_pretrained(folder)  # no crash, no code run
+    out = tmp_path / "saved"
+    processor.save_pretrained(out)
+    assert not (out / "evil.py").exists()

@@ -617,9 +617,15 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
         name = "TTFT" if metric == "ttft" else "throughput"
         text = (f"{name}, ours / vLLM: {min(values):.2f}x to {max(values):.2f}x "
                 f"(geometric mean {statistics.geometric_mean(values):.2f}x); ")
-        text += f"ours slower on: {'; '.join(slower)}" if slower else "ours at least as fast on every workload"
-        if unclear:
-            text += f" (unclear, the median and best-run ratios disagree: {'; '.join(unclear)})"
+        faster = len(rows) - len(slower) - len(unclear)
+        if not slower and not unclear:
+            text += "ours at least as fast on every workload"
+        else:
+            text += f"ours at least as fast on {faster} of {len(rows)} workloads"
+            if slower:
+                text += f"; slower on: {'; '.join(slower)}"
+            if unclear:
+                text += f"; unclear (the median and best-run ratios disagree) on: {'; '.join(unclear)}"
         lines.append(text)
     return lines
 
@@ -817,6 +823,13 @@ def check_vllm_python(path: Path) -> None:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise UserError(f"no vLLM Python at {path}: build vLLM's venv with `{VLLM_ENV_BUILD}` "
                         "(or pass --vllm-python PATH to another venv's python)")
+    # Before anything is started: a Python without vLLM would fail only after our side loaded.
+    probe = subprocess.run([str(path), "-c", "import vllm"], capture_output=True, text=True,
+                           timeout=300)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"{path} cannot import vllm ({last}): build vLLM's venv with "
+                        f"`{VLLM_ENV_BUILD}` or pass --vllm-python PATH to a python that has it")
 
 
 def vllm_kwargs(device: str, dtype: str, max_num_seqs: int, eager: bool, kv_cache_bytes: int) -> dict[str, Any]:

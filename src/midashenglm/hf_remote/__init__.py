@@ -104,7 +104,9 @@ def read_published(folder: str | os.PathLike | None) -> PublishedCode | None:
         pending.append(own_file)
     while pending:  # the modules the auto_map names, and what they import relatively
         file = pending.pop()
-        name = file.relative_to(folder).as_posix()
+        if not file.resolve().is_relative_to(folder.resolve()):
+            continue  # a reference outside the folder (an absolute path) is not its code
+        name = file.resolve().relative_to(folder.resolve()).as_posix()
         if name in files:
             continue
         files[name] = file.read_bytes()

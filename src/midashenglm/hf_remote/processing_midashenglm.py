@@ -205,6 +205,11 @@ class MiDashengLMProcessor(ProcessorMixin):
             raise TypeError(f"audio[{index}]: expected float samples in [-1, 1], got "
                             f"{sample.dtype}")
         sample = sample.astype(np.float32, copy=False)
+        if len(sample) == 0:
+            raise ValueError(f"audio[{index}]: no samples (an empty clip)")
+        if not np.isfinite(sample).all():
+            raise ValueError(f"audio[{index}]: {int((~np.isfinite(sample)).sum())} of "
+                             f"{len(sample)} samples are NaN or infinite")
         if len(sample) < self.min_audio_samples:
             sample = np.pad(sample, (0, self.min_audio_samples - len(sample)))
         return sample
