@@ -204,8 +204,9 @@ class Engine:
                                chars_per_token=self._chars_per_token, lock=self._tokenizer_lock)
         if audio + text >= self.context_window:
             raise ValueError(
-                f"the prompt's text needs at least {text} tokens ({_audio_share(clips)}) but "
-                f"the decoder's context window is {self.context_window} tokens; shorten "
+                f"the prompt's text needs at least {text} tokens (its audio: "
+                f"{_audio_part(clips)}) but the decoder's context window is "
+                f"{self.context_window} tokens; shorten "
                 f"{_what_to_shorten(audio, text, self.context_window)}")
 
     def _prepare(self, index: int, request: Any, t_start: float | None = None
@@ -544,13 +545,6 @@ def _audio_part(clips: list[Clip]) -> str:
         return "all text, no audio"
     return (f"{sum(c.tokens for c in clips)} of them audio, "
             f"{sum(c.seconds for c in clips):.1f} s at 5 tokens/s")
-
-
-def _audio_share(clips: list[Clip]) -> str:
-    if not clips:
-        return "no audio"
-    audio = sum(c.tokens for c in clips)
-    return f"plus {audio} audio tokens for {sum(c.seconds for c in clips):.1f} s at 5 tokens/s"
 
 
 def _what_to_shorten(audio: int, text: int, window: int) -> str:
