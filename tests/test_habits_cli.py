@@ -175,6 +175,8 @@ def _options(command: list[str]) -> set[str]:
 @pytest.mark.parametrize("command,doc", [
     (["caption"], "inference.md"), (["ask"], "inference.md"), (["transcribe"], "inference.md"),
     (["run"], "inference.md"), (["serve"], "serving.md"), (["bench", "memory"], "efficiency.md"),
+    (["train"], "training.md"), (["finetune"], "training.md"), (["plot"], "training.md"),
+    (["probe"], "probe.md"), (["data", "pack"], "data.md"), (["data", "stats"], "data.md"),
 ])
 def test_every_option_is_documented(command, doc):
     text = (ROOT / "docs" / doc).read_text()

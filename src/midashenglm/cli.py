@@ -32,6 +32,8 @@ COMMAND_MODULES = [
     "midashenglm.serve.commands",
     "midashenglm.evaluation.commands",
     "midashenglm.bench.commands",
+    "midashenglm.data.commands",
+    "midashenglm.training.commands",  # train, finetune, plot, probe
 ]
 
 

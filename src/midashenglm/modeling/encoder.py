@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from midashenglm.modeling.config import DashengConfig
 from midashenglm.modeling.frontend import LogMelFrontend
@@ -115,6 +116,10 @@ class DashengEncoder(nn.Module):
         self.freq_pos_embed = nn.Parameter(torch.randn(1, config.embed_dim, grid_f, 1) * 0.02)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
+        # Set by transformers' ``gradient_checkpointing_enable()`` / ``..._disable()`` on
+        # MiDashengLM (it sets every sub-module that has this attribute), or directly for
+        # an encoder trained alone: recompute each block in the backward pass.
+        self.gradient_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -133,22 +138,82 @@ class DashengEncoder(nn.Module):
         return self.time_pos_embed.dtype
 
     def log_mel(self, input_values: torch.Tensor, audio_length: torch.Tensor | None) -> torch.Tensor:
-        """Normalised log-mel (B, 1, n_mels, frames) in fp32, whatever the model's dtype."""
-        mel = self.front_end(input_values, audio_length)
+        """Normalised log-mel (B, 1, n_mels, frames) in fp32, whatever the model's dtype.
+
+        ``input_values`` (B, N) waveforms, ``audio_length`` (B,) samples per clip (None: all N).
+        In eval mode ``init_bn`` applies its running statistics. In training mode (or
+        without running statistics) it normalises with the mean and variance of the
+        *valid* frames only (``1 + length // hop`` per clip): padding a batch changes
+        neither the normalised values of the valid frames nor the running statistics,
+        which are updated as ``nn.BatchNorm2d`` does (momentum, unbiased variance,
+        ``num_batches_tracked``). Always fp32, with autocast disabled.
+        """
+        mel = self.front_end(input_values, audio_length)  # (B, n_mels, frames), fp32
         bn = self.init_bn
         device_type = mel.device.type if mel.device.type in ("cuda", "cpu", "mps") else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
-            mel = F.batch_norm(
-                mel,  # (B, n_mels, frames): the mel axis is BatchNorm's channel axis
-                bn.running_mean.float() if bn.running_mean is not None else None,
-                bn.running_var.float() if bn.running_var is not None else None,
-                bn.weight.float(),
-                bn.bias.float(),
-                training=bn.training or not bn.track_running_stats,
-                momentum=bn.momentum or 0.0,
-                eps=bn.eps,
-            )
+            weight = bn.weight.float() if bn.weight is not None else None
+            bias = bn.bias.float() if bn.bias is not None else None
+            if bn.training or not bn.track_running_stats or bn.running_mean is None:
+                mel = self._batch_norm_valid_frames(mel, audio_length, weight, bias)
+            else:
+                mel = F.batch_norm(
+                    mel,  # the mel axis is BatchNorm's channel axis
+                    bn.running_mean.float(),
+                    bn.running_var.float(),
+                    weight,
+                    bias,
+                    training=False,
+                    eps=bn.eps,
+                )
         return mel.unsqueeze(1)
+
+    def _batch_norm_valid_frames(
+        self,
+        mel: torch.Tensor,
+        audio_length: torch.Tensor | None,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """BatchNorm in training mode over the frames inside each clip (mel: (B, n_mels, T))."""
+        bn = self.init_bn
+        batch, _, total = mel.shape
+        if audio_length is None:
+            valid = torch.ones(batch, total, dtype=torch.bool, device=mel.device)
+        else:
+            lengths = audio_length.to(device=mel.device, dtype=torch.long).reshape(batch)
+            front = self.front_end  # the frames it computes for each clip (as when run alone)
+            if front.center:
+                frames = 1 + lengths // front.hop_length
+            else:
+                frames = (lengths - front.n_fft) // front.hop_length + 1
+            valid = torch.arange(total, device=mel.device)[None, :] < frames[:, None]
+        inside = valid[:, None, :]  # (B, 1, T)
+        count = valid.sum()
+        # Two passes (mean, then centred squares) keep fp32 exact enough for dB values
+        # around -50 with a spread of a few dB; ``where``, not a product, so that no
+        # value of a padded frame can leak in.
+        mean = torch.where(inside, mel, 0.0).sum(dim=(0, 2)) / count
+        centred = torch.where(inside, mel - mean[None, :, None], 0.0)
+        var = centred.square().sum(dim=(0, 2)) / count
+        out = (mel - mean[None, :, None]) * torch.rsqrt(var + bn.eps)[None, :, None]
+        if weight is not None:
+            out = out * weight[None, :, None]
+        if bias is not None:
+            out = out + bias[None, :, None]
+
+        if bn.training and bn.track_running_stats and bn.running_mean is not None:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm
+                    factor = 1.0 / float(bn.num_batches_tracked)
+                else:
+                    factor = bn.momentum
+                n = count.to(var.dtype)  # a tensor: no device-to-host sync per step
+                unbiased = var.detach() * n / (n - 1.0).clamp_min(1.0)
+                bn.running_mean.copy_(torch.lerp(bn.running_mean.float(), mean.detach(), factor))
+                bn.running_var.copy_(torch.lerp(bn.running_var.float(), unbiased, factor))
+        return out
 
     def forward(
         self, input_values: torch.Tensor, audio_length: torch.Tensor | None = None
@@ -216,8 +281,15 @@ class DashengEncoder(nn.Module):
         if bool((n_keys == length).all()):
             attn_mask = None  # every window is full: let SDPA pick its fastest kernel
 
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            windows = block(windows, attn_mask)
+            if checkpointing:
+                # Non-reentrant: works when the input needs no gradient (a frozen patch
+                # embedding under LoRA) and recomputes only the block, not the front end,
+                # so BatchNorm's running statistics are updated once per step.
+                windows = checkpoint(block, windows, attn_mask, use_reentrant=False)
+            else:
+                windows = block(windows, attn_mask)
         windows = self.norm(windows)
 
         out = x.new_zeros(batch, num_windows, win, dim)

@@ -37,6 +37,9 @@ class MiDashengLM(PreTrainedModel):
     config_class = MiDashengLMConfig
     base_model_prefix = ""
     main_input_name = "input_ids"
+    # gradient_checkpointing_enable()/_disable() (transformers) set the flag on every
+    # sub-module that has one: the decoder's layers and DashengEncoder, whose blocks are
+    # then recomputed in the backward pass (torch.utils.checkpoint, non-reentrant).
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Block"]

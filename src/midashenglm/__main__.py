@@ -1,0 +1,5 @@
+"""``python -m midashenglm``, which is what ``torchrun -m midashenglm train ...`` runs."""
+
+from midashenglm.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Training: the paper's three stages as recipes (configs/*.yaml), LoRA, checkpoints, torchrun."""
