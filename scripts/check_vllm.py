@@ -750,7 +750,8 @@ def write_report(out_dir: Path, report: dict) -> None:
         "",
     ]
     for name, m in report["models"].items():
-        lines += [f"## {name}: encoder `{MODELS[name][0]}`, decoder `{MODELS[name][1]}`", ""]
+        lines += [f"## {name}: encoder `{MODELS[name][0]}`, decoder `{MODELS[name][1]}`" if name in MODELS
+                  else f"## {name}: an existing checkpoint folder (--checkpoint)", ""]
         if m.get("error"):
             why = UNSUPPORTED.get(MODELS[name][1]) if m.get("expected") else None
             lines += [f"Not run on vLLM{' (expected: ' + why + ')' if why else ''}: "
@@ -816,14 +817,18 @@ def main_side(args: argparse.Namespace) -> int:
                                  "engine_kwargs": engine_kwargs(args)},
                     "versions": versions(args.vllm_python), "models": {}, "problems": [],
                     "notes": []}
-    for name in args.models.split(","):
-        log(f"{name}: init")
-        folder = work / "models" / name
+    existing = {Path(path).name: Path(path).resolve() for path in args.checkpoint}
+    for name in [m for m in args.models.split(",") if m] + list(existing):
         emb_dir = work / "emb" / name
         emb_dir.mkdir(parents=True, exist_ok=True)
         for f in emb_dir.glob("*.npy"):
             f.unlink()
-        timings = {"init": init_model(name, folder, args.timeout)}
+        if name in existing:  # a folder written by us (e.g. `midashenglm finetune --out`)
+            folder, timings = existing[name], {"init": 0.0}
+        else:
+            log(f"{name}: init")
+            folder = work / "models" / name
+            timings = {"init": init_model(name, folder, args.timeout)}
         audio_id = json.loads((folder / "config.json").read_text())["audio_token_id"]
         log(f"{name}: our engine")
         t0 = time.perf_counter()
@@ -895,6 +900,9 @@ def main() -> int:
     parser.add_argument("--vllm-side", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)} (default: %(default)s)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                        help="also check this existing checkpoint folder (e.g. a finetune's --out); "
+                        "repeatable; --models '' checks only these")
     parser.add_argument("--clips", default="", help=f"comma-separated subset of {','.join(CLIPS)}")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm/bin/python"))
@@ -907,7 +915,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.vllm_side:
         return vllm_side(args.vllm_side)
-    unknown = set(args.models.split(",")) - set(MODELS)
+    unknown = {m for m in args.models.split(",") if m} - set(MODELS)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -144,3 +144,31 @@ def test_probe_scores_the_aligned_encoder_above_the_random_one(aligned, random_i
     # Measured over three random inits: random 0.80-0.92, aligned 0.95-0.98 (300 clips, 60 held out).
     assert trained.score > random_weights.score + 0.02, (trained.score, random_weights.score)
     assert trained.score >= 0.9
+
+
+def test_answer_loss_equals_transformers_loss_with_logits_only_at_answers(processor, tiny_model):
+    from midashenglm.training.recipe import answer_loss
+    from tests.conftest import clip
+
+    def audio(seconds, seed):
+        return {"type": "audio", "audio": clip(seconds, seed), "sampling_rate": 16000}
+
+    two_turns = [{"role": "user", "content": [audio(1.0, 0), {"type": "text", "text": "hi"}]},
+                 {"role": "assistant", "content": "a dog barks"},
+                 {"role": "user", "content": [audio(2.0, 1), {"type": "text", "text": "and?"}]},
+                 {"role": "assistant", "content": "a cat"}]
+    one_turn = [{"role": "user", "content": [audio(3.0, 2), {"type": "text", "text": "hello there"}]},
+                {"role": "assistant", "content": "rain on a roof, loud"}]
+    batch = dict(processor(conversations=[two_turns, one_turn], labels=True, return_tensors="pt",
+                           padding=True, add_generation_prompt=False))
+    n = int((batch["labels"] != -100).sum())
+    expected = tiny_model(**batch, num_items_in_batch=n).loss * n
+    seen = []
+    hook = tiny_model.decoder.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        got = answer_loss(tiny_model, batch)
+    finally:
+        hook.remove()
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    keep = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    assert seen == [keep] and keep < batch["input_ids"].shape[1] / 2

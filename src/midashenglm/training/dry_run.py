@@ -13,6 +13,11 @@ from typing import Any
 from midashenglm.training.config import RecipeConfig
 
 
+# Logits are formed only where answers are predicted; captions and transcripts are about
+# half of a typical sample's decoder tokens (50 audio tokens for 10 s, ~20 of prompt).
+ANSWER_FRACTION = 0.5
+
+
 def dry_run_estimate(config: RecipeConfig, *, gpus: int) -> Any:
     from midashenglm.modeling.model import MiDashengLM
     from midashenglm.modeling.weights import load_config, resolve_checkpoint, resolve_dtype
@@ -31,7 +36,8 @@ def dry_run_estimate(config: RecipeConfig, *, gpus: int) -> Any:
         autocast=config.training.precision in ("bf16", "auto"),  # auto: bf16 on the GPUs estimated for
         micro_batch_tokens=config.data.max_tokens, micro_batch_audio_seconds=config.data.max_audio_seconds,
         sequence_length=config.data.max_length,
-        gradient_checkpointing=config.training.gradient_checkpointing, gradient_as_bucket_view=True)
+        gradient_checkpointing=config.training.gradient_checkpointing, gradient_as_bucket_view=True,
+        answer_fraction=ANSWER_FRACTION)
 
 
 def print_dry_run(config: RecipeConfig, *, gpus: int, gpu_memory_gib: float) -> None:
@@ -46,3 +52,5 @@ def print_dry_run(config: RecipeConfig, *, gpus: int, gpu_memory_gib: float) -> 
     console.print(format_table(estimate, gpu_gib=gpu_memory_gib))
     for line in estimate.assumptions:
         console.print(f"  - {line}", highlight=False, markup=False)
+    console.print(f"  - logits only at answer positions, taken as {ANSWER_FRACTION:.0%} of the tokens",
+                  highlight=False, markup=False)

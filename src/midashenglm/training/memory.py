@@ -23,8 +23,10 @@ is seen as it is), and adds up, per GPU and for each world size asked for:
   adapters add their dropout output and mask and their rank-r output. With gradient
   checkpointing: every block's input plus one block's full activations (recomputed in
   the backward pass). Not divided by N: every rank runs its own micro-batch.
-* ``logits``: tokens x vocabulary x (activation bytes + 8): the logits, their fp32 copy
-  for the loss and the fp32 log-softmax cross-entropy keeps for backward.
+* ``logits``: answer positions x vocabulary x (activation bytes + 8): the logits, their
+  fp32 copy for the loss and the fp32 log-softmax cross-entropy keeps for backward. The
+  recipes form logits only where an answer token is predicted
+  (:func:`midashenglm.training.recipe.answer_loss`): ``answer_fraction`` of the tokens.
 * ``autocast_copies``: fp32 weights under bf16 autocast: the bf16 copies of the
   matmul weights that autograd keeps for backward (2 bytes per weight; with
   checkpointing only those outside the blocks and one block's).
@@ -200,6 +202,7 @@ def estimate_memory(
     sequence_length: int | None = None,
     gradient_checkpointing: bool = False,
     gradient_as_bucket_view: bool = False,
+    answer_fraction: float = 1.0,
 ) -> MemoryEstimate:
     """Parameters (total / trainable per component) and memory per GPU for each world size.
 
@@ -215,6 +218,7 @@ def estimate_memory(
     ``micro_batch_tokens``, the worst case), for SDPA's padding mask and eager attention.
     ``strategy``: "ddp" or "fsdp"; ``optimizer``: "adamw8bit" or "adamw";
     ``gradient_as_bucket_view``: what DDP is given (True: its buckets are the gradients).
+    ``answer_fraction``: share of the decoder tokens whose logits are formed (1: all).
     Bytes per item: see the module docstring. Raises :class:`UserError` for an unknown
     strategy, optimiser or precision, or a world size or token count below 1.
     """
@@ -285,7 +289,7 @@ def estimate_memory(
         per_token = _stack(layer, lora, len(dec_layers), text.hidden_size * s, gradient_checkpointing)
         per_token += _rms_norm_bytes(text.hidden_size, s, e)  # the final norm, input of lm_head
         dec_activation = per_token * tokens
-        logits = tokens * text.vocab_size * (e + 8)
+        logits = math.ceil(tokens * answer_fraction) * text.vocab_size * (e + 8)
 
     # bf16 copies of fp32 matmul weights that autograd keeps for backward.
     autocast_copies = 0.0

@@ -245,7 +245,7 @@ class Recipe:
                 self._last_inputs = inputs
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
                 with distributed.no_sync(self.model, i < len(micro) - 1), self.autocast():
-                    loss = self.model(**inputs, num_items_in_batch=label_tokens).loss * weight
+                    loss = answer_loss(self.model, inputs) / label_tokens * weight
                 # DDP and FSDP average gradients over ranks; the loss is already the global mean.
                 (loss * world.world_size).backward()
                 loss_sum += float(loss.detach())
@@ -314,8 +314,7 @@ class Recipe:
                 continue
             inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
             with self.autocast():
-                out = self.model(**inputs, num_items_in_batch=1)
-            total += float(out.loss)
+                total += float(answer_loss(self.model, inputs))
             tokens += batch.num_label_tokens
         self.model.train()
         total, tokens = distributed.all_reduce_sum([total, tokens], self.world)
@@ -385,6 +384,24 @@ class Recipe:
             self.notice(f"exported the trained model to {target}")
         distributed.barrier(self.world)
         return target
+
+
+def answer_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over the answer tokens of a batch (fp32).
+
+    The decoder computes logits only at the positions that predict an answer token (the
+    union over the rows: with left padding, the last few positions), through transformers'
+    ``logits_to_keep``; the full (tokens x vocabulary) logits, the largest activation of a
+    7B step, are never formed. Equal to transformers' causal-LM loss with
+    ``reduction="sum"`` (tested).
+    """
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions t predicting t + 1
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=-100, reduction="sum")
 
 
 def export_model(model: nn.Module, processor: Any, target: Path) -> Path:
