@@ -108,6 +108,16 @@ def clip(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
     return (tone + 0.05 * rng.standard_normal(n)).astype(np.float32)
 
 
+def padded_batch(seconds):
+    """Clips of these lengths: (waves, zero-padded (B, N) batch, lengths)."""
+    waves = [torch.from_numpy(clip(s, seed=i)) for i, s in enumerate(seconds)]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return waves, batch, lengths
+
+
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory) -> Path:
     """Real synthetic speech from espeak-ng (22.05 kHz wav)."""

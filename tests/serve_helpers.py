@@ -154,3 +154,19 @@ def sse_payloads(lines: list[str]) -> list[Any]:
         data = line[6:]
         out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+def wait_until_healthy(proc: Any, url: str, timeout: float = 120) -> None:
+    """Poll ``url``/health until the server process ``proc`` (a Popen with text stdout) answers."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.2)

@@ -6,7 +6,7 @@ import torch
 
 from midashenglm.modeling.config import DashengConfig
 from midashenglm.modeling.encoder import DashengEncoder
-from tests.conftest import clip, randomize_batchnorm
+from tests.conftest import clip, padded_batch, randomize_batchnorm
 
 MIXED_SECONDS = [0.2, 0.6, 2.0, 3.999, 10.08, 10.5, 20.16, 35.0]
 
@@ -18,19 +18,10 @@ def _encoder(**overrides) -> DashengEncoder:
     return encoder
 
 
-def _batch(seconds):
-    waves = [torch.from_numpy(clip(s, seed=i)) for i, s in enumerate(seconds)]
-    lengths = torch.tensor([len(w) for w in waves])
-    batch = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        batch[i, : len(w)] = w
-    return waves, batch, lengths
-
-
 @torch.no_grad()
 def test_padding_invariance_mixed_lengths():
     encoder = _encoder()
-    waves, batch, lengths = _batch(MIXED_SECONDS)
+    waves, batch, lengths = padded_batch(MIXED_SECONDS)
     features, mask = encoder(batch, lengths)
     assert features.shape[:2] == mask.shape
     for i, wave in enumerate(waves):
@@ -46,7 +37,7 @@ def test_padding_invariance_mixed_lengths():
 def test_layerscale_variant_is_padding_invariant_too():
     encoder = _encoder(init_values=0.1)
     assert "blocks.0.ls1.gamma" in encoder.state_dict()
-    waves, batch, lengths = _batch([1.0, 12.0])
+    waves, batch, lengths = padded_batch([1.0, 12.0])
     features, _ = encoder(batch, lengths)
     alone, _ = encoder(waves[0][None], lengths[:1])
     assert (features[0, : alone.shape[1]] - alone[0]).abs().max().item() <= 1e-5
@@ -58,7 +49,7 @@ def test_empty_windows_are_skipped():
     encoder = _encoder()
     seen = []
     hook = encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
-    _, batch, lengths = _batch([30.0] + [2.0] * 7)
+    _, batch, lengths = padded_batch([30.0] + [2.0] * 7)
     encoder(batch, lengths)
     assert seen == [3 + 7]
     seen.clear()

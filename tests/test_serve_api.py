@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -37,6 +36,7 @@ from tests.serve_helpers import (
     free_port,
     sse_payloads,
     wait_until,
+    wait_until_healthy,
     wav_bytes,
 )
 
@@ -413,16 +413,7 @@ def test_serve_command_starts_a_server(tiny_checkpoint):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(proc, url)
         assert httpx.get(f"{url}/health").json()["api_key_required"] is True
         assert_error(httpx.get(f"{url}/v1/models"), 401, "invalid_api_key")
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer cli-secret"})

@@ -12,7 +12,7 @@ from torch import nn
 
 from midashenglm.modeling.config import DashengConfig
 from midashenglm.modeling.encoder import DashengEncoder
-from tests.conftest import clip, make_model, randomize_batchnorm
+from tests.conftest import clip, make_model, padded_batch, randomize_batchnorm
 
 SECONDS = [0.3, 1.7, 0.9, 2.5]
 
@@ -24,21 +24,12 @@ def _encoder() -> DashengEncoder:
     return encoder.train()
 
 
-def _batch(seconds):
-    waves = [torch.from_numpy(clip(s, seed=i)) for i, s in enumerate(seconds)]
-    lengths = torch.tensor([len(w) for w in waves])
-    batch = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        batch[i, : len(w)] = w
-    return waves, batch, lengths
-
-
 def _stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, int]:
     return bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
 
 
 def test_batchnorm_uses_valid_frames_only():
-    waves, batch, lengths = _batch(SECONDS)
+    waves, batch, lengths = padded_batch(SECONDS)
     padded = _encoder()
     reference = nn.BatchNorm1d(64, momentum=0.01).train()
     reference.load_state_dict(padded.init_bn.state_dict())
@@ -64,7 +55,7 @@ def test_batchnorm_uses_valid_frames_only():
 
 
 def test_padding_moves_neither_statistics_nor_valid_outputs():
-    waves, batch, lengths = _batch(SECONDS)
+    waves, batch, lengths = padded_batch(SECONDS)
     tight, wide = _encoder(), _encoder()
     extra = torch.cat([batch, torch.randn(len(waves), 4000)], dim=1)  # longer padding, not zeros
     out_tight = tight.log_mel(batch, lengths)
@@ -78,7 +69,7 @@ def test_padding_moves_neither_statistics_nor_valid_outputs():
 
 
 def test_eval_mode_uses_running_statistics_unchanged():
-    _, batch, lengths = _batch(SECONDS)
+    _, batch, lengths = padded_batch(SECONDS)
     encoder = _encoder().eval()
     before = _stats(encoder.init_bn)
     out = encoder.log_mel(batch, lengths)
@@ -92,7 +83,7 @@ def test_eval_mode_uses_running_statistics_unchanged():
 
 
 def test_front_end_stays_fp32_under_bf16_autocast_and_backward_works():
-    _, batch, lengths = _batch(SECONDS)
+    _, batch, lengths = padded_batch(SECONDS)
     encoder = _encoder()
     dtypes = {}
 

@@ -7,13 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.serve_helpers import audio_part, wav_bytes
-from tests.test_serve_api import free_port
+from tests.serve_helpers import audio_part, free_port, wait_until_healthy, wav_bytes
 from tests.training_helpers import CAPTIONS, cli, metric_rows, pulses, write_clips
 
 PROMPT = "Describe the sound."
@@ -50,16 +48,7 @@ def test_finetune_csv_then_serve(tiny_checkpoint, tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(proc, url)
         audio = wav_bytes(pulses("slow", 1.0, seed=99))
         body = {"model": out.name, "max_tokens": 12, "temperature": 0,
                 "messages": [{"role": "user", "content": [audio_part(audio),

@@ -182,11 +182,7 @@ class DashengEncoder(nn.Module):
             valid = torch.ones(batch, total, dtype=torch.bool, device=mel.device)
         else:
             lengths = audio_length.to(device=mel.device, dtype=torch.long).reshape(batch)
-            front = self.front_end  # the frames it computes for each clip (as when run alone)
-            if front.center:
-                frames = 1 + lengths // front.hop_length
-            else:
-                frames = (lengths - front.n_fft) // front.hop_length + 1
+            frames = self.front_end.num_frames(lengths)
             valid = torch.arange(total, device=mel.device)[None, :] < frames[:, None]
         inside = valid[:, None, :]  # (B, 1, T)
         count = valid.sum()

@@ -113,6 +113,12 @@ class LogMelFrontend(nn.Module):
         out.scatter_(1, dst, wav.gather(1, src))
         return out
 
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames of each clip of ``lengths`` samples, as when the clip runs alone."""
+        if self.center:
+            return lengths // self.hop_length + 1
+        return (lengths - self.n_fft) // self.hop_length + 1
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         device_type = wav.device.type if wav.device.type in ("cuda", "cpu", "mps") else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
@@ -139,9 +145,7 @@ class LogMelFrontend(nn.Module):
             power = spec.real.square() + spec.imag.square()
             mel = torch.matmul(power.transpose(1, 2), mel_fb).transpose(1, 2)
             db = 10.0 * torch.log10(mel.clamp_min(1e-10))
-            frames = (lengths // self.hop_length + 1) if self.center else None
-            if frames is None:
-                frames = (lengths - self.n_fft) // self.hop_length + 1
+            frames = self.num_frames(lengths)
             in_clip = torch.arange(db.shape[-1], device=db.device)[None, :] < frames[:, None]
             peak = db.masked_fill(~in_clip[:, None, :], -math.inf).amax(dim=(1, 2))
             return torch.maximum(db, (peak - self.top_db)[:, None, None])
