@@ -40,6 +40,14 @@ def test_finetune_csv_then_serve(tiny_checkpoint, tmp_path):
         keys = list(weights.keys())
     assert not any("lora" in k or "base_layer" in k for k in keys)
     assert any(k.startswith("decoder.model.layers.0.self_attn.q_proj") for k in keys)
+    # The encoder was not trained (the default): weights and BatchNorm statistics as loaded.
+    import torch
+
+    from midashenglm.modeling.model import MiDashengLM
+
+    before = MiDashengLM.from_pretrained(tiny_checkpoint).audio_encoder.state_dict()
+    after = MiDashengLM.from_pretrained(out).audio_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -62,7 +70,6 @@ def test_finetune_csv_then_serve(tiny_checkpoint, tmp_path):
         proc.wait(timeout=30)
 
     # The server answers what the exported model generates.
-    from midashenglm.modeling.model import MiDashengLM
     from midashenglm.processing import MiDashengLMProcessor
 
     model = MiDashengLM.from_pretrained(out)

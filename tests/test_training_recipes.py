@@ -172,3 +172,22 @@ def test_answer_loss_equals_transformers_loss_with_logits_only_at_answers(proces
     assert float(got) == pytest.approx(float(expected), rel=1e-6)
     keep = int((batch["labels"][:, 1:] != -100).any(0).sum())
     assert seen == [keep] and keep < batch["input_ids"].shape[1] / 2
+
+
+def test_a_run_folder_is_not_reused_and_all_bad_data_is_an_error(tiny_checkpoint, manifest, tmp_path):
+    from midashenglm.errors import UserError
+
+    run = tmp_path / "run"
+    Recipe(train_config("sft", run, tiny_checkpoint, manifest, "training.max_steps=1"), progress=False).run()
+    with pytest.raises(UserError, match="pass --resume to continue it"):
+        Recipe(train_config("sft", run, tiny_checkpoint, manifest, "training.max_steps=1"), progress=False).run()
+    with pytest.raises(UserError, match="is the starting model.checkpoint"):
+        Recipe(train_config("sft", tmp_path / "other", tiny_checkpoint, manifest,
+                            f"export_dir={tiny_checkpoint}"), progress=False).run()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"audio": f"missing{i}.wav", "answer": "x", "duration": 1.0}) + "\n"
+                           for i in range(3)))
+    with pytest.raises(UserError, match="no sample could be used"):
+        Recipe(train_config("sft", tmp_path / "bad-run", tiny_checkpoint, bad, "training.max_steps=2"),
+               progress=False).run()
+    assert not (tmp_path / "bad-run" / "model").exists()

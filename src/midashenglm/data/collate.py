@@ -105,20 +105,21 @@ class Collator:
         if not loaded:
             return None
         try:
-            return dict(self._call([x.conversation for x in loaded]))
+            return dict(self.encode([x.conversation for x in loaded]))
         except ValueError:
             pass  # find the culprit(s): rare, so one sample at a time is fine
         good = []
         for x in loaded:
             try:
-                self._call([x.conversation])
+                self.encode([x.conversation])
                 good.append(x)
             except ValueError as err:
                 skipped.append(_error(x, str(err)))
         loaded[:] = good
-        return dict(self._call([x.conversation for x in good])) if good else None
+        return dict(self.encode([x.conversation for x in good])) if good else None
 
-    def _call(self, conversations: list[list[dict[str, Any]]]) -> Any:
+    def encode(self, conversations: list[list[dict[str, Any]]]) -> Any:
+        """The processor's training batch of ``conversations`` (labels on the answers only)."""
         return self.processor(conversations=conversations, labels=True, add_generation_prompt=False,
                               return_tensors="pt", padding=True)
 

@@ -120,6 +120,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
 
 
 Clip = tuple[bytes, str, float]  # original bytes, extension, seconds
+MAX_CLIP_SECONDS = 3600.0  # longer clips are skipped (training takes clips of seconds to minutes)
 
 
 def _read_clips(sample: TrainingSample) -> list[Clip] | str:
@@ -128,8 +129,12 @@ def _read_clips(sample: TrainingSample) -> list[Clip] | str:
     for part in sample.audio_parts:
         try:
             source = clip_source(part)
+            if not isinstance(source, bytes) and not Path(source).is_file():
+                # A device or a fifo (/dev/zero) would be read forever.
+                raise OSError("not a regular file" if Path(source).exists() else "no such file")
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            wave = load_audio(data)
+            # Bounded decoding: a pathological header cannot make a clip decode for hours.
+            wave = load_audio(data, max_seconds=MAX_CLIP_SECONDS)
         except (AudioError, ShardError, OSError) as err:
             reason = err.problem if isinstance(err, AudioError) else (
                 getattr(err, "strerror", None) or str(err))

@@ -45,8 +45,10 @@ def train(
     """
     from midashenglm.training.config import load_config
 
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [], need_data=not dry_run)
     if dry_run:
+        if gpus < 1 or gpu_memory <= 0:
+            raise UserError("--gpus must be >= 1 and --gpu-memory > 0")
         from midashenglm.training.dry_run import print_dry_run
 
         print_dry_run(cfg, gpus=gpus, gpu_memory_gib=gpu_memory)
@@ -72,6 +74,7 @@ def finetune(
     train_encoder: Annotated[bool, typer.Option(
         help="Also train the audio encoder in full (the paper's SFT does; on small data it overfits).")] = False,
     max_tokens: Annotated[int, typer.Option(help="Padded decoder tokens per micro-batch.")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="Most rows per micro-batch.")] = 8,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 1,
     precision: Annotated[str, typer.Option(
         help="auto (bf16 autocast on a GPU that has it, else fp32), bf16 or fp32.")] = "auto",
@@ -91,7 +94,7 @@ def finetune(
     cfg = finetune_config(
         model=model, data=data, out=out, validation=validation, epochs=epochs, lr=lr, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-        train_encoder=train_encoder, max_tokens=max_tokens, precision=precision, dtype=dtype,
+        train_encoder=train_encoder, max_tokens=max_tokens, batch_size=batch_size, precision=precision, dtype=dtype,
         gradient_accumulation_steps=gradient_accumulation_steps, seed=seed)
     target = Recipe(cfg, resume=resume, progress=progress).run()
     if target is not None:

@@ -130,7 +130,8 @@ class RecipeConfig:
         return data
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                need_data: bool = True) -> RecipeConfig:
     """Read a recipe YAML and apply ``key=value`` overrides.
 
     Relative paths in ``model.*``, ``data.*`` and ``output_dir`` resolve against the YAML's
@@ -154,7 +155,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         _apply_override(raw, item, str(path))
     config = _build(RecipeConfig, raw, str(path), "")
     config.source = str(path)
-    _check(config, str(path))
+    _check(config, str(path), need_data=need_data)
     return config
 
 
@@ -177,21 +178,32 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"override {item!r}: {part} is not a group of settings")
         node = child
-    if parts[-1] in ("checkpoint", "encoder_from", "validation", "output_dir", "export_dir", "manifest") and isinstance(value, str):
-        value = str(Path(value).resolve())
+    if parts[-1] in PATH_KEYS and isinstance(value, str):
+        value = _local_path(value, Path.cwd())
     if key.strip() == "data.train" and isinstance(value, str):
-        value = [{"manifest": str(Path(value).resolve())}]
+        value = [{"manifest": _local_path(value, Path.cwd())}]
+    if key.strip() == "data.train" and isinstance(value, list):
+        value = [{**e, "manifest": _local_path(e["manifest"], Path.cwd())}
+                 if isinstance(e, dict) and isinstance(e.get("manifest"), str) else e for e in value]
     node[parts[-1]] = value
+
+
+PATH_KEYS = ("checkpoint", "encoder_from", "validation", "output_dir", "export_dir", "manifest")
+
+
+def _local_path(value: Any, base: Path) -> Any:
+    """``value`` resolved against ``base``; a Hub id ("org/name") stays as it is unless a
+    folder of that name exists there."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    candidate = (base / value).resolve()
+    looks_like_hub_id = value.count("/") == 1 and not value.startswith(".")
+    return value if looks_like_hub_id and not candidate.exists() else str(candidate)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     def local(value: Any) -> Any:
-        # A Hub id ("org/name") stays as it is unless a folder of that name exists here.
-        if not isinstance(value, str) or not value or Path(value).is_absolute():
-            return value
-        candidate = (base / value).resolve()
-        looks_like_hub_id = value.count("/") == 1 and not value.startswith(".")
-        return value if looks_like_hub_id and not candidate.exists() else str(candidate)
+        return _local_path(value, base)
 
     for key in ("output_dir", "export_dir"):
         if key in raw:
@@ -261,7 +273,7 @@ def _value(hint: Any, value: Any, where: str, name: str) -> Any:
     raise UserError(f"config {where}: {name} must be {kind} (got {value!r})")
 
 
-def _check(config: RecipeConfig, where: str) -> None:
+def _check(config: RecipeConfig, where: str, *, need_data: bool = True) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise UserError(f"config {where}: {message}")
@@ -269,7 +281,7 @@ def _check(config: RecipeConfig, where: str) -> None:
     need(config.recipe in STAGES, f"recipe must be one of {', '.join(STAGES)} (got {config.recipe!r})")
     need(bool(config.output_dir), "output_dir is required")
     need(bool(config.model.checkpoint), "model.checkpoint is required (a folder or Hub id)")
-    need(bool(config.data.train), "data.train needs at least one manifest")
+    need(bool(config.data.train) or not need_data, "data.train needs at least one manifest")
     for i, entry in enumerate(config.data.train):
         need(bool(entry.manifest), f"data.train[{i}].manifest is required")
         need(entry.weight >= 0, f"data.train[{i}].weight must be >= 0")
@@ -277,6 +289,25 @@ def _check(config: RecipeConfig, where: str) -> None:
     for name in config.trainable:
         need(name in known, f"trainable: unknown component {name!r} (known: {', '.join(known)})")
     need(config.optimizer.name in ("adamw8bit", "adamw"), "optimizer.name must be adamw8bit or adamw")
+    need(config.optimizer.lr > 0, "optimizer.lr must be > 0")
+    need(config.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+    need(len(config.optimizer.betas) == 2 and all(0 <= b < 1 for b in config.optimizer.betas),
+         "optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    need(config.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0")
+    need(config.schedule.warmup_ratio is None or 0 <= config.schedule.warmup_ratio <= 1,
+         "schedule.warmup_ratio must be in [0, 1]")
+    need(0 <= config.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]")
+    need(config.model.dtype in ("float32", "bfloat16", "float16"),
+         f"model.dtype must be float32, bfloat16 or float16 (got {config.model.dtype!r})")
+    device = config.training.device
+    need(device in ("auto", "cpu", "mps", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+         f"training.device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
+    need(config.data.max_tokens > 0, "data.max_tokens must be > 0")
+    for name in ("batch_size", "max_batch_size", "max_length"):
+        value = getattr(config.data, name)
+        need(value is None or value > 0, f"data.{name} must be > 0 (or null)")
+    need(config.validation.max_batches is None or config.validation.max_batches > 0,
+         "validation.max_batches must be > 0 (or null: the whole validation set)")
     need(config.training.precision in ("auto", "bf16", "fp32"), "training.precision must be auto, bf16 or fp32")
     need(config.training.distributed in ("ddp", "fsdp"), "training.distributed must be ddp or fsdp")
     need(config.training.max_steps > 0, "training.max_steps must be > 0")

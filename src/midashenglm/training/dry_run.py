@@ -12,7 +12,6 @@ from typing import Any
 
 from midashenglm.training.config import RecipeConfig
 
-
 # Logits are formed only where answers are predicted; captions and transcripts are about
 # half of a typical sample's decoder tokens (50 audio tokens for 10 s, ~20 of prompt).
 ANSWER_FRACTION = 0.5

@@ -17,9 +17,11 @@ import importlib
 import math
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,7 +64,8 @@ class Recipe:
         self.console = stderr_console()
         self.step = 0
         self._stop_signal: int | None = None
-        self._last_inputs: dict[str, torch.Tensor] | None = None
+        self._filler: dict[str, torch.Tensor] | None = None
+        self._skips_shown = 0  # the first few skipped samples are named on the terminal too
 
     def notice(self, text: str) -> None:
         if self.world.main:
@@ -75,13 +78,18 @@ class Recipe:
         self.world = distributed.init_world(cfg.training.device)
         self.device = self.world.device
         self.run_dir = Path(cfg.output_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"output_dir {self.run_dir} is a file; give a folder for the run")
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
         distributed.barrier(self.world)
-        # One seed per rank: LoRA dropout differs across ranks, as data does.
-        torch.manual_seed(cfg.training.seed + self.world.rank)
+        self._check_run_dir()
+        # The same seed on every rank while the model is built (FSDP2 does not broadcast
+        # weights: LoRA's initial A must agree), then one stream per rank (LoRA dropout).
+        torch.manual_seed(cfg.training.seed)
         self._setup_model()
+        torch.manual_seed(cfg.training.seed + self.world.rank)
         self._setup_data()
         self._setup_optimizer()
         self.log = RunLog(self.run_dir, enabled=self.world.main, tensorboard=cfg.logging.tensorboard)
@@ -98,16 +106,18 @@ class Recipe:
         from midashenglm.processing import MiDashengLMProcessor
 
         cfg = self.config
-        self.processor = MiDashengLMProcessor.from_pretrained(cfg.model.checkpoint)
         model = load_base_model(cfg)
+        self.processor = MiDashengLMProcessor.from_pretrained(cfg.model.checkpoint)
         self._report_parameters(model)
         if cfg.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.to(self.device).train()
+        model.to(self.device)
+        self.encoder_frozen = not any(p.requires_grad for p in model.audio_encoder.parameters())
         # What a checkpoint holds: trainable weights and every buffer (BatchNorm statistics).
         self.saved_keys = {n for n, p in model.named_parameters() if p.requires_grad}
         self.saved_keys |= {n for n, _ in model.named_buffers()}
         self.model = distributed.wrap_model(model, self.world, cfg.training.distributed)
+        self._train_mode()
         gpu_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         use_bf16 = (cfg.training.precision == "bf16" and (self.device.type == "cpu" or gpu_bf16)) or (
             cfg.training.precision == "auto" and gpu_bf16)
@@ -115,6 +125,24 @@ class Recipe:
             else contextlib.nullcontext
         if cfg.training.precision == "bf16" and not use_bf16:
             self.notice("notice: this GPU has no bf16; training in fp32")
+
+    def _train_mode(self) -> None:
+        """Training mode, except a frozen encoder: its BatchNorm statistics stay as loaded."""
+        self.model.train()
+        if self.encoder_frozen:
+            distributed.unwrap(self.model).audio_encoder.eval()
+
+    def _check_run_dir(self) -> None:
+        """A new run needs a new folder: mixing two runs' checkpoints and logs loses both."""
+        cfg = self.config
+        if checkpointing.list_checkpoints(self.run_dir) and not self.resume:
+            raise UserError(f"output_dir {self.run_dir} holds a run (checkpoints up to step "
+                            f"{checkpointing.latest_checkpoint(self.run_dir).name.split('-')[1].lstrip('0')}): "
+                            "pass --resume to continue it, or choose a new output_dir")
+        export = Path(cfg.export_dir) if cfg.export_dir else self.run_dir / EXPORT_DIR
+        if Path(cfg.model.checkpoint).exists() and export.resolve() == Path(cfg.model.checkpoint).resolve():
+            raise UserError(f"export_dir {export} is the starting model.checkpoint: the export would "
+                            "replace it; choose another folder")
 
     def _report_parameters(self, model: nn.Module) -> None:
         counts = parameter_counts(model)
@@ -135,6 +163,10 @@ class Recipe:
         samples, weights = [], {}
         for entry in cfg.train:
             rows = read_training_manifest(entry.manifest)
+            # Rows without a dataset field form a dataset named after their manifest, so
+            # each manifest's weight applies to its own rows.
+            rows = [dataclasses.replace(r, dataset=Path(entry.manifest).stem) if r.dataset == "default" else r
+                    for r in rows]
             for name in {s.dataset for s in rows}:
                 if weights.setdefault(name, entry.weight) != entry.weight:
                     raise UserError(f"data.train: dataset {name!r} is given two weights "
@@ -190,6 +222,8 @@ class Recipe:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         from midashenglm.progress import ProgressBar
 
+        trained = skipped = 0
+        start = self.step
         try:
             with ProgressBar(cfg.max_steps, f"{self.config.recipe}", enabled=self.show_progress and self.world.main) as bar:
                 bar.advance(self.step)
@@ -201,7 +235,10 @@ class Recipe:
                     self.step += 1
                     stats["time_s"] = time.perf_counter() - started
                     self._log_step(stats, micro)
-                    bar.advance(1, f"loss {stats['loss']:.4f}")
+                    trained += stats["label_tokens"] > 0
+                    skipped += stats["skipped"]
+                    loss = f"loss {stats['loss']:.4f}" if stats["label_tokens"] else "every sample skipped"
+                    bar.advance(1, loss + (f", {skipped} skipped" if skipped else ""))
                     stop = distributed.any_rank(self._stop_signal is not None, self.world)
                     if self._due(self.config.validation.every_steps) and self.val_samples:
                         self.validate()
@@ -214,9 +251,15 @@ class Recipe:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if self.val_samples:
-            self.validate()
-        self.save_checkpoint()
+        if skipped:
+            self.notice(f"{skipped} sample(s) skipped over the run: {self.run_dir / 'skipped.jsonl'}")
+        if self.step > start and not trained:
+            raise UserError(f"no sample could be used: every one was skipped ({self.run_dir / 'skipped.jsonl'} "
+                            "says why); nothing was trained or exported")
+        if self.val_samples and not self._due(self.config.validation.every_steps):
+            self.validate()  # the last step's validation, unless the loop just ran it
+        if not self._due(self.config.checkpoint.every_steps):
+            self.save_checkpoint()  # likewise the last step's checkpoint
         return self.export()
 
     def _due(self, every: int) -> bool:
@@ -238,13 +281,13 @@ class Recipe:
             for i, batch in enumerate(micro):
                 inputs, weight = batch.inputs, 1.0
                 if inputs is None:  # every sample of it was skipped
-                    if not world.distributed or self._last_inputs is None:
+                    if not world.distributed:
                         continue
-                    # DDP/FSDP need every rank in every backward: replay a batch at weight 0.
-                    inputs, weight = self._last_inputs, 0.0
-                self._last_inputs = inputs
+                    # DDP and FSDP need every rank in every forward and backward.
+                    inputs, weight = self._filler_inputs(), 0.0
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                with distributed.no_sync(self.model, i < len(micro) - 1), self.autocast():
+                with distributed.no_sync(self.model, i < len(micro) - 1), self.autocast(), \
+                        _frozen_batchnorm(self.model, weight == 0.0):
                     loss = answer_loss(self.model, inputs) / label_tokens * weight
                 # DDP and FSDP average gradients over ranks; the loss is already the global mean.
                 (loss * world.world_size).backward()
@@ -256,7 +299,10 @@ class Recipe:
         lr = self.scheduler.get_last_lr()[0]
         if label_tokens > 0:
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A step whose samples were all skipped has no optimiser step; the schedule still counts it.
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*", category=UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         distributed.sync_buffers(self.model, world)
         sums = distributed.all_reduce_sum([
@@ -277,6 +323,9 @@ class Recipe:
         skipped = [dataclasses.asdict(e) | {"step": self.step} for b in micro for e in b.skipped]
         skipped = [row for rows in distributed.all_gather_objects(skipped, self.world) for row in rows]
         self.log.write("skipped.jsonl", skipped)
+        for row in skipped[: max(0, 5 - self._skips_shown)]:
+            self.notice(f"skipped {row['id']} ({row['source']}): {row['message']}")
+        self._skips_shown += len(skipped)
         if self.config.logging.log_samples:
             ids = [i for b in micro for i in b.sample_ids]
             ids = [i for rows in distributed.all_gather_objects(ids, self.world) for i in rows]
@@ -284,7 +333,9 @@ class Recipe:
         every = self.config.logging.every_steps
         if every <= 0 or (self.step % every and self.step != self.config.training.max_steps):
             return
-        row = {"step": self.step, "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+        trained = stats["label_tokens"] > 0  # else every sample of the step was skipped: no loss
+        row = {"step": self.step, "loss": stats["loss"] if trained else None, "lr": stats["lr"],
+               "grad_norm": stats["grad_norm"] if trained else None,
                "samples_per_s": stats["samples"] / seconds,
                "audio_seconds_per_s": stats["audio_seconds"] / seconds,
                "tokens_per_s": stats["tokens"] / seconds, "padding_fraction": stats["padding_fraction"],
@@ -306,22 +357,49 @@ class Recipe:
         dataset = TrainingDataset(self.val_samples, max_seconds=cfg.max_clip_seconds)
         limit = self.config.validation.max_batches
         batches = sampler.round(0)[:limit]  # one pass: every validation sample once
-        mine = batches[self.world.rank::self.world.world_size]
+        world = self.world
+        mine = batches[world.rank::world.world_size]
+        # Every rank runs as many forwards as the busiest one (FSDP gathers in each).
+        rounds = -(-len(batches) // world.world_size)
         self.model.eval()
         total = tokens = 0.0
+        done = 0
         for batch in self._loader(dataset, mine):
-            if batch.inputs is None:
-                continue
-            inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
-            with self.autocast():
-                total += float(answer_loss(self.model, inputs))
-            tokens += batch.num_label_tokens
-        self.model.train()
+            done += 1
+            if batch.inputs is not None:
+                inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
+                with self.autocast():
+                    total += float(answer_loss(self.model, inputs))
+                tokens += batch.num_label_tokens
+            elif world.distributed:
+                self._filler_forward()
+        for _ in range(rounds - done if world.distributed else 0):
+            self._filler_forward()
+        self._train_mode()
         total, tokens = distributed.all_reduce_sum([total, tokens], self.world)
         value = total / tokens if tokens else float("nan")
-        self.log.write("metrics.jsonl", [{"step": self.step, "val_loss": value, "time": time.time()}])
+        row_value = value if tokens else None  # JSON has no NaN
+        self.log.write("metrics.jsonl", [{"step": self.step, "val_loss": row_value, "time": time.time()}])
         self.notice(f"step {self.step}: validation loss {value:.4f}")
         return value
+
+    def _filler_inputs(self) -> dict[str, torch.Tensor]:
+        """0.2 s of silence and a one-token answer: what a rank without a batch runs (at weight
+        0) so that it stays in step with the others' collective operations."""
+        if self._filler is None:
+            from midashenglm.modeling.geometry import MIN_AUDIO_SAMPLES
+
+            silence = {"type": "audio", "audio": np.zeros(MIN_AUDIO_SAMPLES, np.float32), "sampling_rate": 16000}
+            conversation = [{"role": "user", "content": [silence, {"type": "text", "text": "."}]},
+                            {"role": "assistant", "content": "."}]
+            self._filler = dict(self.collator.encode([conversation]))
+        return self._filler
+
+    @torch.no_grad()
+    def _filler_forward(self) -> None:
+        inputs = {k: v.to(self.device) for k, v in self._filler_inputs().items()}
+        with self.autocast():
+            answer_loss(self.model, inputs)
 
     # ------------------------------------------------------- checkpoints, export
     def _state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -339,7 +417,8 @@ class Recipe:
         model_state, optim_state = self._state_dicts()
         distributed.barrier(self.world)
         if self.world.main:
-            state = {"step": self.step, "recipe": self.config.recipe, "scheduler": self.scheduler.state_dict(),
+            state = {"step": self.step, "recipe": self.config.recipe, "checkpoint": self.config.model.checkpoint,
+                     "scheduler": self.scheduler.state_dict(),
                      "sampler": self.sampler.state_dict(), "world_size": self.world.world_size}
             checkpointing.commit(self.run_dir, self.step, model_state=model_state, optimizer_state=optim_state,
                                  trainer_state=state, keep_last=self.config.checkpoint.keep_last)
@@ -353,6 +432,10 @@ class Recipe:
             self.notice(f"--resume: no checkpoint in {self.run_dir}; starting at step 0")
             return
         model_state, optim_state, state, rng = checkpointing.load(path, self.world.rank)
+        started = state.get("checkpoint", self.config.model.checkpoint)
+        if started != self.config.model.checkpoint:
+            raise UserError(f"--resume: {path} trained from model.checkpoint={started}, not "
+                            f"{self.config.model.checkpoint}: frozen weights would come from another model")
         if state.get("recipe") != self.config.recipe:
             raise UserError(f"--resume: {path} is a {state.get('recipe')} checkpoint, not {self.config.recipe}")
         set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
@@ -384,6 +467,19 @@ class Recipe:
             self.notice(f"exported the trained model to {target}")
         distributed.barrier(self.world)
         return target
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm(model: nn.Module, frozen: bool) -> Any:
+    """The encoder's BatchNorm in eval mode (running statistics untouched) while ``frozen``."""
+    bn = distributed.unwrap(model).audio_encoder.init_bn
+    was_training = bn.training
+    if frozen:
+        bn.eval()
+    try:
+        yield
+    finally:
+        bn.train(was_training)
 
 
 def answer_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
