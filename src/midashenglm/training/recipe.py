@@ -80,11 +80,11 @@ class Recipe:
         self.run_dir = Path(cfg.output_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserError(f"output_dir {self.run_dir} is a file; give a folder for the run")
+        self._check_run_dir()
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
         distributed.barrier(self.world)
-        self._check_run_dir()
         # The same seed on every rank while the model is built (FSDP2 does not broadcast
         # weights: LoRA's initial A must agree), then one stream per rank (LoRA dropout).
         torch.manual_seed(cfg.training.seed)
