@@ -103,3 +103,13 @@ def test_missing_clip_is_not_a_manifest_error(tmp_path):
     assert read_training_manifest(path)[0].duration is None  # reported when loaded, not here
     with pytest.raises(UserError, match="no such manifest"):
         read_training_manifest(tmp_path / "absent.jsonl")
+
+
+def test_unknown_fields_are_named_once(tmp_path, capfd):
+    manifest = tmp_path / "typo.jsonl"
+    manifest.write_text('{"audio": "a.wav", "promt": "x", "answer": "y", "duration": 1}\n'
+                        '{"audio": "b.wav", "promt": "x", "answer": "y", "duration": 1}\n')
+    (sample, _) = read_training_manifest(manifest)
+    assert sample.messages[0]["content"][-1]["type"] == "audio"  # no prompt: the typo is not read
+    err = capfd.readouterr().err
+    assert err.count("fields ignored") == 1 and "'promt' (line 1)" in err

@@ -39,6 +39,8 @@ from midashenglm.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 FLAT_FIELDS = ("audio", "prompt", "answer", "system")
+# Every field a row may have (``origin``: the source line that ``data pack`` records).
+KNOWN_FIELDS = frozenset({*FLAT_FIELDS, "messages", "id", "dataset", "task", "duration", "origin"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,10 @@ def read_training_manifest(path: str | os.PathLike, *, measure_missing: bool = T
         raise UserError(f"{path}: a training manifest is a .jsonl or .csv file")
     samples: list[TrainingSample] = []
     lines: dict[str, int] = {}
+    unknown: dict[str, int] = {}  # field -> first line
     for line, row in rows:
+        for field in row.keys() - KNOWN_FIELDS:
+            unknown.setdefault(field, line)
         sample = _sample(row, f"{path}:{line}", path.absolute().parent, f"{path.name}:{line}")
         if sample.id in lines:
             raise UserError(f"{path}:{line}: id {sample.id!r} is already used on line {lines[sample.id]}")
@@ -100,6 +105,13 @@ def read_training_manifest(path: str | os.PathLike, *, measure_missing: bool = T
         samples.append(sample)
     if not samples:
         raise UserError(f"{path}: the manifest has no rows")
+    if unknown:  # kept and ignored, but a typo ("promt") would silently train without a prompt
+        from midashenglm.errors import stderr_console
+        from midashenglm.terminal import printable_text
+
+        listed = ", ".join(f"{printable_text(f)!r} (line {n})" for f, n in sorted(unknown.items(), key=lambda x: x[1]))
+        stderr_console().print(f"warning: {printable_text(str(path))}: fields ignored: {listed}; known: "
+                               f"{', '.join(sorted(KNOWN_FIELDS))}", highlight=False, markup=False)
     return samples
 
 
