@@ -143,3 +143,16 @@ def test_every_option_is_documented(command):
     options = {o for p in group.params for o in p.opts + p.secondary_opts if o.startswith("--")}
     documented = set(re.findall(r"`(--[a-z0-9-]+)", (ROOT / "docs" / "data.md").read_text()))
     assert not sorted(options - documented - {"--help"})
+
+
+def test_an_interrupted_pack_leaves_nothing_and_a_rerun_works(corpus, tmp_path):
+    def stop_after_two(sample, reason, seen=[]):  # noqa: B006 - a counter for this test only
+        seen.append(sample)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "shards"
+    with pytest.raises(KeyboardInterrupt):
+        pack(corpus / "train.jsonl", out, shard_size=1, workers=1, progress=stop_after_two)
+    assert not list(out.glob("train-*.tar")) and not (out / "manifest.jsonl").exists()
+    assert pack(corpus / "train.jsonl", out, shard_size=1, workers=1).packed == 4

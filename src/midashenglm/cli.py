@@ -62,6 +62,10 @@ def main() -> None:
         # One line, literal: a file name in the message can neither forge lines nor be markup.
         err_console.print(f"[bold red]error:[/] {markup_text(str(err))}", highlight=False)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a crash: no traceback (a training run saves first).
+        err_console.print("interrupted", highlight=False)
+        raise SystemExit(130) from None
 
 
 _register_commands()

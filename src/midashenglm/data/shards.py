@@ -80,6 +80,24 @@ def pack(
     import webdataset  # here: it takes 1.5 s to import (torch and more), reading never needs it
 
     pattern = os.path.join(str(out).replace("%", "%%"), SHARD_PATTERN)  # a "%" in the folder stays
+    try:
+        _write_shards(webdataset, pattern, samples, report, rows, shard_size=shard_size,
+                      max_shard_bytes=max_shard_bytes, workers=workers, progress=progress)
+    except BaseException:
+        # Interrupted or failed: no half-written shards left behind (a rerun starts clean).
+        for shard in out.glob("train-*.tar"):
+            shard.unlink(missing_ok=True)
+        raise
+    tmp = report.manifest.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        jsonl.append_rows(fh, rows)
+    os.replace(tmp, report.manifest)
+    return report
+
+
+def _write_shards(webdataset: Any, pattern: str, samples: Sequence[TrainingSample], report: PackReport,
+                  rows: list[dict[str, Any]], *, shard_size: int, max_shard_bytes: float, workers: int,
+                  progress: Callable[[TrainingSample, str | None], None] | None) -> None:
     with webdataset.ShardWriter(pattern, maxcount=shard_size, maxsize=max_shard_bytes, verbose=0,
                                 encoder=False, mtime=0) as writer:
         for sample, result in _ordered_map(_read_clips, samples, workers):
@@ -101,11 +119,6 @@ def pack(
         empty = Path(writer.fname) if not report.shards else None
     if empty is not None:
         empty.unlink(missing_ok=True)  # ShardWriter opens its first shard before any sample
-    tmp = report.manifest.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        jsonl.append_rows(fh, rows)
-    os.replace(tmp, report.manifest)
-    return report
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
