@@ -34,12 +34,11 @@ class World:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's CUDA GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"training.device={name}: this machine has no CUDA GPU")
+    """The project's device rule (``auto``: CUDA, else MPS, else CPU; a missing device is a
+    ``ValueError``), with this process's own GPU under torchrun."""
+    from midashenglm.modeling.weights import resolve_device as resolve
+
+    device = resolve(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

@@ -48,12 +48,12 @@ import torch
 from torch import nn
 
 from midashenglm.errors import UserError
+from midashenglm.modeling.geometry import MIN_AUDIO_SAMPLES  # the processor's shortest clip (0.2 s)
 
 KINDS = ("classification", "multilabel", "regression")
 POOLINGS = ("mean", "frame")
 METRICS = {"classification": "accuracy", "multilabel": "mAP", "regression": "R2"}
 MULTILABEL_SEPARATOR = ";"  # between the labels of a clip in a CSV cell (or a JSON string)
-MIN_SAMPLES = 3200  # the processor's shortest clip (0.2 s at 16 kHz)
 LOAD_CHUNK = 256  # clips decoded and held in memory at a time
 SPLITS = ("train", "test")
 
@@ -288,7 +288,7 @@ def embed_waves(encoder: Any, waves: Sequence[np.ndarray], *, pooling: str = "me
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
     start = 0
     while start < len(order):
-        longest = max(len(waves[order[start]]), MIN_SAMPLES)
+        longest = max(len(waves[order[start]]), MIN_AUDIO_SAMPLES)
         per_batch = max(1, int(batch_seconds * sample_rate // longest))
         chunk = order[start : start + per_batch]
         start += len(chunk)
@@ -297,7 +297,7 @@ def embed_waves(encoder: Any, waves: Sequence[np.ndarray], *, pooling: str = "me
         for row, i in enumerate(chunk):
             wave = torch.from_numpy(np.asarray(waves[i], dtype=np.float32))
             batch[row, : len(wave)] = wave
-            lengths[row] = max(len(wave), MIN_SAMPLES)  # short clips: zero-padded to 0.2 s
+            lengths[row] = max(len(wave), MIN_AUDIO_SAMPLES)  # short clips: zero-padded to 0.2 s
         features, mask = encoder(batch.to(device), lengths.to(device))
         features, mask = features.float().cpu(), mask.cpu()
         for row, i in enumerate(chunk):

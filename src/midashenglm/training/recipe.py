@@ -65,6 +65,7 @@ class Recipe:
         self.step = 0
         self._stop_signal: int | None = None
         self._filler: dict[str, torch.Tensor] | None = None
+        self._validation: tuple[Any, list[list[int]]] | None = None
         self._skips_shown = 0  # the first few skipped samples are named on the terminal too
 
     def notice(self, text: str) -> None:
@@ -350,13 +351,15 @@ class Recipe:
         from midashenglm.data.dataset import TrainingDataset
         from midashenglm.data.sampler import BatchSampler
 
-        cfg = self.config.data
-        sampler = BatchSampler(self.val_samples, text_token_counts(self.val_samples, self.processor),
-                               max_tokens=cfg.max_tokens, max_audio_seconds=cfg.max_audio_seconds,
-                               max_batch_size=cfg.max_batch_size, seed=self.config.training.seed)
-        dataset = TrainingDataset(self.val_samples, max_seconds=cfg.max_clip_seconds)
-        limit = self.config.validation.max_batches
-        batches = sampler.round(0)[:limit]  # one pass: every validation sample once
+        if self._validation is None:  # built once: the same batches at every validation
+            cfg = self.config.data
+            sampler = BatchSampler(self.val_samples, text_token_counts(self.val_samples, self.processor),
+                                   max_tokens=cfg.max_tokens, max_audio_seconds=cfg.max_audio_seconds,
+                                   max_batch_size=cfg.max_batch_size, seed=self.config.training.seed)
+            limit = self.config.validation.max_batches
+            self._validation = (TrainingDataset(self.val_samples, max_seconds=cfg.max_clip_seconds),
+                                sampler.round(0)[:limit])  # one pass: every validation sample once
+        dataset, batches = self._validation
         world = self.world
         mine = batches[world.rank::world.world_size]
         # Every rank runs as many forwards as the busiest one (FSDP gathers in each).
