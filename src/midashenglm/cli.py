@@ -7,6 +7,7 @@ User mistakes (a missing folder, a bad config, unreadable audio) print one
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -34,6 +35,7 @@ COMMAND_MODULES = [
     "midashenglm.bench.commands",
     "midashenglm.data.commands",
     "midashenglm.training.commands",  # train, finetune, plot, probe
+    "midashenglm.curation.commands",  # curate
 ]
 
 
@@ -56,8 +58,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main() -> None:
+    from midashenglm.curation.commands import split_ray_option
+
     try:
-        app()
+        app(args=split_ray_option(sys.argv[1:]))
     except _user_errors() as err:
         # One line, literal: a file name in the message can neither forge lines nor be markup.
         err_console.print(f"[bold red]error:[/] {markup_text(str(err))}", highlight=False)
