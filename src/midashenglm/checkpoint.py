@@ -50,7 +50,7 @@ from midashenglm.modeling.weights import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from midashenglm.modeling.config import MiDashengLMConfig
+    from midashenglm.modeling.config import DashengConfig, MiDashengLMConfig
     from midashenglm.modeling.encoder import DashengEncoder
     from midashenglm.modeling.model import MiDashengLM
     from midashenglm.processing import MiDashengLMProcessor
@@ -142,12 +142,9 @@ def load_model(
 _DASHENG_CONFIG_RENAMES = {"hop_size": "hop_length", "win_size": "win_length"}
 
 
-def load_dasheng_checkpoint(path: str | os.PathLike) -> DashengEncoder:
-    """An original Dasheng encoder checkpoint (``dasheng_base.pt``: a dict with ``model``
-    and ``config``), loaded with ``torch.load(weights_only=True)``."""
-    from midashenglm.modeling.config import ENCODER_PRESETS, DashengConfig
-    from midashenglm.modeling.encoder import DashengEncoder
-
+def read_dasheng_dump(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config dict, state dict)`` of an original Dasheng ``.pt`` (a dict with ``model`` and
+    ``config``), read with ``torch.load(weights_only=True)``. Raises :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -157,20 +154,37 @@ def load_dasheng_checkpoint(path: str | os.PathLike) -> DashengEncoder:
         raise CheckpointError(f"{path}: not a loadable Dasheng checkpoint ({err})") from None
     if not isinstance(dump, dict) or "model" not in dump:
         raise CheckpointError(f"{path}: expected a dict with 'model' and 'config'")
-    raw = dict(dump.get("config") or {})
+    return dict(dump.get("config") or {}), dict(dump["model"])
+
+
+def dasheng_config_from(raw: dict[str, Any], state: dict[str, Any], source: str) -> DashengConfig:
+    """The encoder's config from a Dasheng config dict (original or ours), with the sizes the
+    dict lacks read off the weights (width, depth) or the published presets (head count)."""
+    from midashenglm.modeling.config import ENCODER_PRESETS, DashengConfig
+
     fields = DashengConfig().to_dict().keys()
     settings = {_DASHENG_CONFIG_RENAMES.get(k, k): v for k, v in raw.items()}
     settings = {k: v for k, v in settings.items() if k in fields and k != "model_type"}
-    state = dump["model"]
     if "embed_dim" not in settings and "patch_embed.proj.weight" in state:
-        settings["embed_dim"] = state["patch_embed.proj.weight"].shape[0]
-        settings.setdefault("depth", 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")))
+        settings["embed_dim"] = int(state["patch_embed.proj.weight"].shape[0])
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    if "depth" not in settings and blocks:
+        settings["depth"] = 1 + max(blocks)
     if "num_heads" not in settings:
         # The published loaders pass the head count as an argument, not in the dump.
         by_width = {p["embed_dim"]: p["num_heads"] for p in ENCODER_PRESETS.values()}
         if settings.get("embed_dim") not in by_width:
-            raise CheckpointError(f"{path}: config has no num_heads and embed_dim is not a known size")
+            raise CheckpointError(f"{source}: config has no num_heads and embed_dim is not a known size")
         settings["num_heads"] = by_width[settings["embed_dim"]]
-    encoder = DashengEncoder(DashengConfig(**settings))
+    return DashengConfig(**settings)
+
+
+def load_dasheng_checkpoint(path: str | os.PathLike) -> DashengEncoder:
+    """An original Dasheng encoder checkpoint (``dasheng_base.pt``: a dict with ``model``
+    and ``config``), loaded with ``torch.load(weights_only=True)``."""
+    from midashenglm.modeling.encoder import DashengEncoder
+
+    raw, state = read_dasheng_dump(path)
+    encoder = DashengEncoder(dasheng_config_from(raw, state, str(path)))
     load_state(encoder, iter(state.items()), source=str(path))
     return encoder.eval()

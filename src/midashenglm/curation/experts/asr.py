@@ -39,6 +39,7 @@ from midashenglm.curation.experts.base import (
     Expert,
     ExpertError,
     need_modules,
+    need_resource,
     rounded,
     unavailable,
 )
@@ -167,11 +168,7 @@ class Asr(Reloadable, Expert):
         from midashenglm.curation import resources
 
         if self.model is None:
-            try:
-                resources.whisper_base_sources()
-            except resources.ResourceMissing as e:
-                return unavailable(str(e))
-            return AVAILABLE
+            return need_resource(resources.whisper_base_sources)
         path = Path(self.model).expanduser()
         if path.is_dir():
             return AVAILABLE if (path / "model.bin").is_file() else unavailable(

@@ -18,7 +18,7 @@ decimals by the expert so that reruns and Ray/local runs write identical files.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -54,6 +54,18 @@ def need_modules(*modules: str, extra: str = "curate") -> Availability:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         return unavailable(f"needs {', '.join(missing)} (pip install 'midashenglm[{extra}]')")
+    return AVAILABLE
+
+
+def need_resource(locate: Callable[[], object]) -> Availability:
+    """Available when ``locate()`` (a :mod:`midashenglm.curation.resources` function) finds
+    the shipped weights; else its message, which names the package to install."""
+    from midashenglm.curation.resources import ResourceMissing
+
+    try:
+        locate()
+    except ResourceMissing as e:
+        return unavailable(str(e))
     return AVAILABLE
 
 

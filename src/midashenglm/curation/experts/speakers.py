@@ -38,8 +38,8 @@ from midashenglm.curation.experts.base import (
     Availability,
     Expert,
     need_modules,
+    need_resource,
     rounded,
-    unavailable,
 )
 from midashenglm.curation.experts.vad import Reloadable, speech_audio, speech_segments
 
@@ -128,11 +128,7 @@ class Speakers(Reloadable, Expert):
             return ok
         from midashenglm.curation import resources
 
-        try:
-            resources.resemblyzer_weights_path()
-        except resources.ResourceMissing as e:
-            return unavailable(str(e))
-        return ok
+        return need_resource(resources.resemblyzer_weights_path)
 
     def load(self) -> None:
         if self._encoder is not None:

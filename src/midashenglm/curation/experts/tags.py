@@ -509,27 +509,6 @@ def _hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts)
 
 
-_DASHENG_RENAMES = {"hop_size": "hop_length", "win_size": "win_length"}
-
-
-def _dasheng_settings(raw: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
-    """DashengConfig keyword arguments from a config dict and (for missing sizes) the state."""
-    from midashenglm.modeling.config import DASHENG_FIELDS, ENCODER_PRESETS
-
-    settings = {_DASHENG_RENAMES.get(k, k): v for k, v in raw.items()}
-    settings = {k: v for k, v in settings.items() if k in DASHENG_FIELDS}
-    if "embed_dim" not in settings and "patch_embed.proj.weight" in state:
-        settings["embed_dim"] = int(state["patch_embed.proj.weight"].shape[0])
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
-    if "depth" not in settings and blocks:
-        settings["depth"] = 1 + max(blocks)
-    if "num_heads" not in settings:
-        by_width = {p["embed_dim"]: p["num_heads"] for p in ENCODER_PRESETS.values()}
-        if settings.get("embed_dim") not in by_width:
-            raise ExpertError("the Dasheng config has no num_heads and embed_dim "
-                              f"{settings.get('embed_dim')} is not a known size")
-        settings["num_heads"] = by_width[settings["embed_dim"]]
-    return settings
 
 
 def default_labels(count: int) -> list[str]:
@@ -547,9 +526,7 @@ def load_dasheng_tagger(spec: str | os.PathLike, *, device: str = "cpu") -> tupl
     """
     import json
 
-    import torch
-
-    from midashenglm.modeling.config import DashengConfig
+    from midashenglm.checkpoint import dasheng_config_from, read_dasheng_dump
     from midashenglm.modeling.weights import (
         iter_tensors,
         load_state,
@@ -561,20 +538,13 @@ def load_dasheng_tagger(spec: str | os.PathLike, *, device: str = "cpu") -> tupl
     model_cls = _torch_modules()
     path = Path(spec).expanduser()
     if path.is_file():
-        try:
-            dump = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # weights_only refuses pickled code: say so plainly
-            raise ExpertError(f"{path}: not a loadable Dasheng checkpoint ({err})") from None
-        if not isinstance(dump, dict) or "model" not in dump:
-            raise ExpertError(f"{path}: expected a dict with 'model' and 'config'")
-        raw_state = dump["model"]
+        raw, raw_state = read_dasheng_dump(path)
         encoder_state = {k: v for k, v in raw_state.items() if not k.startswith("outputlayer.")}
         head_state = {k: v for k, v in raw_state.items() if k.startswith("outputlayer.")}
         if "outputlayer.1.weight" not in head_state:
             raise ExpertError(f"{path}: a Dasheng encoder without a tagging head "
                               "(no outputlayer.1.weight); fine-tune one or use YAMNet")
-        raw = dict(dump.get("config") or {})
-        config = DashengConfig(**_dasheng_settings(raw, encoder_state))
+        config = dasheng_config_from(raw, encoder_state, str(path))
         num = int(head_state["outputlayer.1.weight"].shape[0])
         labels = list(raw.get("labels") or default_labels(num))
         model = model_cls(config, num, head_norm="outputlayer.0.weight" in head_state)
@@ -598,7 +568,7 @@ def load_dasheng_tagger(spec: str | os.PathLike, *, device: str = "cpu") -> tupl
             raise ExpertError(f"{folder}: no head.weight in the weights ({TAGGER_LAYOUT})")
         encoder_keys = {k[len("encoder."):]: v for k, v in state.items()
                         if k.startswith("encoder.")}
-        config = DashengConfig(**_dasheng_settings(raw, encoder_keys))
+        config = dasheng_config_from(raw, encoder_keys, str(folder))
         num = int(state["head.weight"].shape[0])
         labels = list(raw.get("labels") or default_labels(num))
         model = model_cls(config, num, head_norm=bool(raw.get("head_norm", False)))

@@ -25,8 +25,8 @@ from midashenglm.curation.experts.base import (
     Availability,
     Expert,
     need_modules,
+    need_resource,
     rounded,
-    unavailable,
 )
 
 NO_SPEECH: dict[str, Any] = {"speech_ratio": 0.0, "speech_segments": [], "speech": False}
@@ -89,11 +89,7 @@ class Vad(Reloadable, Expert):
             return ok
         from midashenglm.curation import resources
 
-        try:
-            resources.silero_vad_path()
-        except resources.ResourceMissing as e:
-            return unavailable(str(e))
-        return ok
+        return need_resource(resources.silero_vad_path)
 
     def load(self) -> None:
         if self._model is not None:

@@ -88,19 +88,18 @@ def make_writer(spec: str, *, model: str | None = None, api_key: str | None = No
                     ".gguf file, a Hub id (org/name) or an http(s):// endpoint")
 
 
-@dataclass
-class CaptionResult:
-    """A clip's caption and how it was obtained.
+@dataclass(kw_only=True)
+class WriteRecord:
+    """How a caption or QA answer was obtained.
 
-    ``writer``/``model``: what wrote ``text`` (the template writer after a ``fallback``);
+    ``writer``/``model``: what wrote it (the template writer after a ``fallback``);
     ``tried``: the writer asked first. ``attempts``: answers obtained (cached ones included).
     ``rejected``: ``{"text", "unsupported"}`` per answer the grounding check refused.
     ``cached``: every answer came from the cache (no request made). ``grounding``: the
-    final text's report. ``error``: the writer's error when ``fallback_on_error`` used the
+    final answer's report. ``error``: the writer's error when ``fallback_on_error`` used the
     template instead of raising.
     """
 
-    text: str
     writer: str
     model: str
     prompt_version: str
@@ -113,7 +112,7 @@ class CaptionResult:
     error: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """Everything but the text, as JSON values (the pipeline writes it with the caption)."""
+        """Everything but the answer, as JSON values (the pipeline writes it beside it)."""
         out = {"writer": self.writer, "model": self.model, "prompt_version":
                self.prompt_version, "attempts": self.attempts, "rejected": self.rejected,
                "fallback": self.fallback, "cached": self.cached,
@@ -125,25 +124,19 @@ class CaptionResult:
         return out
 
 
-@dataclass
-class QAResult:
-    """A clip's QA pairs and how they were obtained (fields as :class:`CaptionResult`;
-    ``rejected`` holds ``{"text": pairs as JSON, "unsupported"}``)."""
+@dataclass(kw_only=True)
+class CaptionResult(WriteRecord):
+    """A clip's caption ``text`` and how it was obtained."""
+
+    text: str
+
+
+@dataclass(kw_only=True)
+class QAResult(WriteRecord):
+    """A clip's QA ``pairs`` and how they were obtained (``rejected`` holds the refused pairs
+    as JSON text)."""
 
     pairs: list[QAPair]
-    writer: str
-    model: str
-    prompt_version: str
-    attempts: int
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    fallback: bool = False
-    cached: bool = False
-    grounding: GroundingReport | None = None
-    tried: str | None = None
-    error: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        return CaptionResult.record(self)  # type: ignore[arg-type]  # the same fields
 
 
 def _dump_pairs(pairs: Sequence[QAPair]) -> str:
