@@ -128,6 +128,12 @@ def render(experts: list[dict], pipeline: list[dict], meta: dict) -> str:
         lines.append(f"| {r['expert']} | {r['kind']} | {r['load_s']:.2f} | "
                      f"{r['clips_per_s']:.2f} | {r['audio_h_per_s']:.4f} | "
                      f"{r['audio_h_per_s'] * 3600:.0f} |")
+    timed = [r for r in experts if "seconds" in r]
+    total = sum(r["seconds"] for r in timed) or 1.0
+    top = sorted(timed, key=lambda r: -r["seconds"])[:3]
+    lines += ["", "Where the time goes: " + ", ".join(
+        f"{r['expert']} {100 * r['seconds'] / total:.0f} %" for r in top) + " of the experts' "
+        "time."]
     lines += ["", "## Whole pipeline, local vs Ray", "",
               "| run | model-stage actors | clips | seconds | clips/s | audio h/s | "
               "x real time | vs local |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -136,6 +142,10 @@ def render(experts: list[dict], pipeline: list[dict], meta: dict) -> str:
         lines.append(f"| {r['run']} | {r['workers']} | {r['clips']} | {r['seconds']:.1f} | "
                      f"{r['clips_per_s']:.2f} | {r['audio_h_per_s']:.4f} | "
                      f"{r['audio_h_per_s'] * 3600:.1f} | {r['clips_per_s'] / base:.2f}x |")
+    lines += ["", f"Ray ran {pipeline[-1]['workers']} model-stage actor(s) beside the decoding "
+              f"and signal tasks on {meta['cpus']} CPUs: Ray pays off when more CPUs (or nodes) "
+              "let more actors run at once (`--workers`); on this machine it cannot beat the "
+              "local run (scheduling and moving audio between processes cost a little)."]
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +160,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.data is None and shutil.which("espeak-ng") is None:
         sys.exit("error: espeak-ng is needed to generate clips (or pass --data DIR)")
+    import torch
+
+    threads = torch.get_num_threads()
     work = Path(tempfile.mkdtemp(prefix="bench-curation-"))
     try:
         folder = args.data or work / "clips"
@@ -162,8 +175,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "clips": n, "audio_h": audio_h,
+            "cpus": os.cpu_count(),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"torch threads {__import__('torch').get_num_threads()}"}
+                       f"torch threads {threads}"}
     text = render(experts, pipeline, meta)
     print(text)
     if args.out:

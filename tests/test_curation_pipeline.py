@@ -94,6 +94,12 @@ def test_offline_folder_to_captions_qa_and_a_training_manifest(clips, tmp_path):
     assert (out / "metadata.jsonl").read_bytes() == before
     assert len(read_training_manifest(out / "train.jsonl")) == 24
 
+    # A stricter threshold filters the finished clips again from their stored scores.
+    strict = curate(clips, out, _config(experts=None, threshold=0.99))
+    assert strict.processed == 1 and strict.filtered == 4
+    assert (out / "train.jsonl").read_text() == ""
+    assert not any(r["consistency"]["passed"] for r in _rows(out / "captions.jsonl"))
+
 
 def test_a_flaky_endpoint_loses_no_clip_and_the_cache_makes_the_rerun_free(clips, tmp_path):
     from midashenglm.curation.pipeline import curate
@@ -166,6 +172,12 @@ def test_the_command_line(clips, tmp_path):
         (("curate", str(clips), "--out", str(out), "--experts", "lodness"), "unknown expert"),
         (("curate", str(clips), "--out", str(out), "--writer", "gpt"), "--writer 'gpt'"),
         (("curate", str(clips), "--out", str(out), "--consistency", "bogus"), "consistency"),
+        (("curate", str(clips), "--out", str(out), "--tagger", "bogus"), "expert tags cannot run"),
+        (("curate", str(clips), "--out", str(out), "--language", "xx"), "no language 'xx'"),
+        (("curate", str(clips), "--out", str(clips / "chord.wav")), "a file, not a folder"),
+        (("curate", str(clips), "--out", str(tmp_path / "r"), "--ray=127.0.0.1:1"),
+         "no Ray cluster answers"),
     ]:
         bad = cli(*args, check=False)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "r").exists()  # a refused run writes nothing

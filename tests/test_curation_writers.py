@@ -278,13 +278,19 @@ def test_prompts_hold_the_facts_and_feedback():
     ("Caption: A dog barks.", "A dog barks."),
     ("<think>a guitar?\nno</think>\nA dog barks.", "A dog barks."),
     ("hmm a guitar </think> A dog barks.", "A dog barks."),
+    ("A dog barks near a busy road", "A dog barks near a busy road."),
+    ("Music plays at about 120 BPM.", "Music plays at about 120 BPM."),
 ])
 def test_clean_caption_accepts(raw, expected):
     assert clean_caption(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "<think>only thinking", "I'm sorry, I can't do that.",
-                                 '["a", "b"]', " ".join(["word"] * 61), "- a dog\n- a cat"])
+                                 '["a", "b"]', " ".join(["word"] * 61), "- a dog\n- a cat",
+                                 # what SmolLM2 wrote: the facts echoed, an answer cut off
+                                 "The facts are: Duration: 4.9 s Category: pure speech",
+                                 "Sound events: Speech (1.00).", "Rain falls for 0.32 s - 0.",
+                                 "A man speaks while rain falls -", "A man speaks with the"])
 def test_clean_caption_rejects(raw):
     with pytest.raises(MalformedAnswer):
         clean_caption(raw)

@@ -70,6 +70,20 @@ def main() -> None:
         # Ctrl-C is the user's choice, not a crash: no traceback (a training run saves first).
         err_console.print("interrupted", highlight=False)
         raise SystemExit(130) from None
+    except SystemExit as done:
+        # Typer turns Ctrl-C into exit status 130 itself, silently: say why the command ended.
+        if done.code == 130 and _caused_by_interrupt(done):
+            err_console.print("interrupted", highlight=False)
+        raise
+
+
+def _caused_by_interrupt(error: BaseException | None) -> bool:
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 _register_commands()

@@ -63,7 +63,8 @@ def curate_command(
         "MiniLM; offline, weaker), a CLAP model folder or Hub id (audio vs caption), or "
         "'none'.")] = "text",
     threshold: Annotated[float | None, typer.Option(
-        help="Minimum consistency score for the training manifest (default: the scorer's).")
+        min=-1.0, max=1.0, help="Minimum consistency score (a cosine, -1..1) for the training "
+        "manifest (default: the scorer's); applied anew to finished clips on a rerun.")
     ] = None,
     experts: Annotated[str | None, typer.Option(
         help="Run only these experts (comma-separated; default: every one that can run here).")
@@ -92,7 +93,8 @@ def curate_command(
         "--ray", help="Run the stages on Ray Data (signal experts as tasks, model experts in an "
         "actor pool, one writer actor). '--ray' alone starts Ray on this machine; "
         "'--ray=ADDRESS' joins a cluster ('auto', 'ray://head:10001').")] = False,
-    ray_address: Annotated[str | None, typer.Option(hidden=True)] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="The same as --ray=ADDRESS.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Actors running the model experts (Ray).")
     ] = 1,
     max_seconds: Annotated[float, typer.Option(
@@ -133,6 +135,8 @@ def curate_command(
                     shards=shards, show_progress=True)
     for name, reason in sorted(report.unavailable.items()):
         console.print(f"skipped expert {name}: {markup_text(reason)}", highlight=False)
+    for note in report.notes:
+        console.print(f"note: {markup_text(note)}", highlight=False)
     rate = report.processed / report.seconds if report.seconds else 0.0
     hours = report.audio_seconds / 3600
     console.print(

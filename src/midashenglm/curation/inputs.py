@@ -171,7 +171,7 @@ def _manifest_clips(path: Path) -> list[ClipRef]:
             raise UserError(f"{where}: field 'audio' needs the clip's path (relative to the "
                             "manifest's folder, or absolute)")
         full = Path(os.path.expanduser(audio))
-        full = full if full.is_absolute() else base / full
+        full = Path(os.path.normpath(full if full.is_absolute() else base / full))
         ident = row.get("id")
         if ident is None:
             relative = os.path.relpath(full, base)
@@ -194,12 +194,26 @@ def _training_clips(path: Path) -> list[ClipRef]:
         part = parts[0]
         audio: str | dict[str, str] = (
             {"shard": part["shard"], "key": part["key"]} if "shard" in part else part["path"])
-        location = (audio["shard"], audio["key"]) if isinstance(audio, dict) else audio
+        # `data pack` stores a recording once per sample: shard members are told apart by
+        # their bytes, paths by the path.
+        location = _member_digest(audio) if isinstance(audio, dict) else audio
         if location in seen:
             continue  # several samples (QA rows) about one recording: curate it once
         seen.add(location)
         clips.append(ClipRef(id=sample.id, audio=audio, source=sample.source))
     return clips
+
+
+def _member_digest(part: dict[str, str]) -> str:
+    """A shard member's content hash (a missing member hashes its name: listed, fails later)."""
+    import hashlib
+
+    from midashenglm.data.archive import ShardError, read_member
+
+    try:
+        return hashlib.sha1(read_member(part["shard"], part["key"])).hexdigest()
+    except (OSError, ShardError):
+        return f"{part['shard']}[{part['key']}]"
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -200,8 +200,12 @@ class WriteStage:
 
         meta = json.loads(row["meta"])
         facts = ClipFacts.from_metadata(meta)
+        # A local model's malformed answers repeat on every retry: the template writer's
+        # caption is used (recorded). An endpoint's failures may pass: the clip is retried
+        # by the next run instead.
+        local = not _is_endpoint(self.config.writer)
         try:
-            caption = write_caption(facts, self.writer, cache=self.cache,
+            caption = write_caption(facts, self.writer, cache=self.cache, fallback_on_error=local,
                                     max_attempts=self.config.max_attempts)
             # QA pairs the writer cannot produce (a small local model rarely writes valid JSON)
             # come from the template writer instead, recorded; the caption stands.
@@ -256,12 +260,17 @@ def preflight(config: CurationConfig) -> tuple[CurationConfig, dict[str, Any]]:
     if config.writer != "none":
         writer = _make_writer(config)
         if _is_endpoint(config.writer):
+            # One quick try: a wrong URL is an error now, not after every back-off.
+            probe = _make_writer(replace(config, llm_retries=0,
+                                         llm_timeout=min(config.llm_timeout, 15.0)))
             try:
-                config = replace(config, served_model=writer.model)
+                config = replace(config, served_model=probe.model)
             except Exception as e:
                 raise UserError(f"--writer {config.writer}: the endpoint does not list its "
                                 f"models ({type(e).__name__}: {e}); is the server up? "
                                 "(--served-model NAME skips this check)") from None
+        elif config.writer != "template":
+            _check_local_model(config.writer)
         described["writer"] = writer.describe() if hasattr(writer, "describe") else {
             "name": writer.name, "model": writer.model}
         scorer = make_scorer(config.consistency, threshold=config.threshold)
@@ -272,6 +281,46 @@ def preflight(config: CurationConfig) -> tuple[CurationConfig, dict[str, Any]]:
                                 "(--consistency none turns the filter off)")
             described["consistency"] = scorer.describe()
     return config, described
+
+
+def _check_local_model(spec: str) -> None:
+    """A local writer's model is on disk, in the Hugging Face cache, or the Hub answers."""
+    from midashenglm.curation.experts.hub import hub_model_status
+    from midashenglm.curation.writers.local import resolve_model
+    from midashenglm.errors import UserError
+
+    folder, gguf = resolve_model(spec)  # UserError when smollm2's package is missing
+    if gguf is None:
+        status = hub_model_status(folder)
+        if not status:
+            raise UserError(f"--writer {spec}: {status.reason}")
+
+
+def connect_ray(address: str | None) -> None:
+    """Start Ray here (``address`` None) or join a cluster; a cluster that does not answer is
+    a :class:`~midashenglm.errors.UserError` within seconds (``ray.init`` would retry for
+    minutes)."""
+    import logging
+    import socket
+
+    import ray
+
+    from midashenglm.errors import UserError
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise UserError(f"--ray={address}: no Ray cluster answers there ({e}); give "
+                            "HOST:PORT of the head node, ray://HOST:10001, or 'auto'") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--ray={address or ''}: {e}") from None
 
 
 def _record(result: Any) -> dict[str, Any]:
@@ -339,9 +388,7 @@ def run_ray(rows: list[dict[str, Any]], config: CurationConfig, cache_path: str,
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
+    connect_ray(address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the one progress bar
     # Ray Data's INFO lines would bury our progress bar; its errors stay.
@@ -392,6 +439,7 @@ class CurationReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     writer: dict[str, Any] | None = None
     consistency: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class _Outputs:
@@ -441,18 +489,25 @@ def curate(input: str | os.PathLike, out_dir: str | os.PathLike, config: Curatio
     are recorded, never raised.
     """
     from midashenglm.curation.inputs import iter_clips
+    from midashenglm.errors import UserError
 
     started = time.perf_counter()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
     clips = list(iter_clips(input))
     config, described = preflight(config)
     if limit is not None:
         clips = clips[:limit]
-    ready, missing = build_experts(config.experts, config.skip, config.expert_options)
+    ready, missing = build_experts(config.experts, config.skip, config.expert_options,
+                                   strict=True)
     report = CurationReport(out_dir=out, total=len(clips),
                             experts=[e.describe() for e in ready], unavailable=missing,
                             writer=described["writer"], consistency=described["consistency"])
+    if use_ray:
+        connect_ray(ray_address)  # before any output exists: a bad address leaves nothing
     files = _Outputs(out)
+    report.notes += _earlier_options(out, config)
     cache_path = config.cache or str(out / "llm-cache.sqlite")
     captioning = config.writer != "none"
     done = files.results if captioning else files.meta
@@ -489,10 +544,39 @@ def curate(input: str | os.PathLike, out_dir: str | os.PathLike, config: Curatio
                 bar.advance(1, _rate_label(report, time.perf_counter() - started))
         finally:
             files.close()
+    failed_loads = _load_failures(files.meta)
+    report.unavailable.update(failed_loads)
+    report.experts = [e for e in report.experts if e["name"] not in failed_loads]
     _finalize(files, clips, config, report, shards=shards)
     report.seconds = time.perf_counter() - started
     _write_run_record(out, config, report)
     return report
+
+
+# Options that shape what a finished clip holds (a rerun keeps finished clips as they are).
+_SHAPING = ("experts", "skip", "expert_options", "writer", "served_model", "qa", "consistency")
+
+
+def _earlier_options(out: Path, config: CurationConfig) -> list[str]:
+    """Notes for options that differ from the run that finished the clips already in ``out``."""
+    try:
+        earlier = json.loads((out / "run.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    now = config.to_json()
+    changed = [k for k in _SHAPING if k in earlier and earlier[k] != now[k]]
+    if not changed:
+        return []
+    return [f"{out} holds clips finished with other options ({', '.join(changed)}); they are "
+            "kept as they are (the threshold is applied anew): curate into a new --out to "
+            "redo them"]
+
+
+def _load_failures(meta: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Experts whose weights failed to load (recorded in every clip they missed)."""
+    return {name: reason for m in meta.values()
+            for name, reason in m.get("expert_errors", {}).items()
+            if reason.startswith("failed to load")}
 
 
 def _rate_label(report: CurationReport, elapsed: float) -> str:
@@ -508,6 +592,12 @@ def _finalize(files: _Outputs, clips: list[Any], config: CurationConfig, report:
     order = [c.id for c in clips]
     files.rewrite("metadata.jsonl", (files.meta[i] for i in order if i in files.meta))
     results = [files.results[i] for i in order if i in files.results]
+    scorer = report.consistency
+    for r in results:  # the threshold of this run, also for clips scored by an earlier one
+        c = r.get("consistency")
+        if scorer and c and c.get("method") == scorer["name"] and c.get("score") is not None:
+            c["threshold"] = scorer["threshold"]
+            c["passed"] = c["score"] >= scorer["threshold"]
     files.rewrite("captions.jsonl", results)
     # An error counts only while the clip is still unfinished (a rerun that succeeds clears it).
     finished = files.results if config.writer != "none" else files.meta
@@ -571,7 +661,7 @@ def _write_run_record(out: Path, config: CurationConfig, report: CurationReport)
     record = {
         "config": config.to_json(),
         "experts": report.experts, "unavailable": report.unavailable,
-        "writer": report.writer, "consistency": report.consistency,
+        "writer": report.writer, "consistency": report.consistency, "notes": report.notes,
         "clips": report.total, "done_before": report.done_before,
         "processed": report.processed, "captioned": report.captioned,
         "failed": report.failed, "filtered": report.filtered,

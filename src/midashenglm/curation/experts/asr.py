@@ -165,8 +165,13 @@ class Asr(Reloadable, Expert):
         ok = need_modules("faster_whisper", "ctranslate2")
         if not ok:
             return ok
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
         from midashenglm.curation import resources
 
+        if self.language is not None and self.language not in _LANGUAGE_CODES:
+            return unavailable(f"Whisper knows no language {self.language!r} (ISO 639-1 codes "
+                               "such as en, de, zh)")
         if self.model is None:
             return need_resource(resources.whisper_base_sources)
         path = Path(self.model).expanduser()

@@ -60,11 +60,11 @@ def hub_offline() -> bool:
 
 
 def hub_model_status(model: str, filename: str = "config.json") -> Availability:
-    """Whether ``model`` (a local folder or a Hub id) can be loaded here, without the network.
+    """Whether ``model`` (a local folder or a Hub id) can be loaded here.
 
     A folder must hold ``filename``. A Hub id is fine when ``filename`` is in the Hugging Face
-    cache, or when the Hub is not switched off (it will be downloaded on load); otherwise the
-    reason says what to do.
+    cache, or when the Hub answers (it will be downloaded on load: one TLS handshake checks,
+    no download); otherwise the reason says what to do.
     """
     path = Path(model).expanduser()
     if path.is_dir():
@@ -85,7 +85,12 @@ def hub_model_status(model: str, filename: str = "config.json") -> Availability:
     if hub_offline():
         return unavailable(
             f"model {model!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-            "download it once online (huggingface-cli download) or pass a local folder")
+            "download it once online (hf download) or pass a local folder")
+    from midashenglm.evaluation.metrics.fense import hub_reachable
+
+    if not hub_reachable():  # a few seconds here, not minutes of download retries per worker
+        return unavailable(f"model {model!r} is not in the Hugging Face cache and the Hub "
+                           "cannot be reached: download it once online or pass a local folder")
     return AVAILABLE
 
 

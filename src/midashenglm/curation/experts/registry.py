@@ -85,14 +85,30 @@ def parse_names(value: str | Sequence[str] | None, what: str) -> list[str]:
     return [n for n in EXPERTS if n in names]
 
 
+def chosen_by_user(only: Sequence[str] | None, options: ExpertOptions) -> set[str]:
+    """Experts the user asked for by name or configured: they must run (see ``strict``)."""
+    named = set(only or ())
+    if options.tagger != "yamnet":
+        named.add("tags")
+    if options.asr_model is not None or options.asr_language is not None:
+        named.add("asr")
+    if options.emotion_model is not None:
+        named.add("emotion")
+    if options.age_model is not None:
+        named.add("age")
+    return named
+
+
 def build_experts(only: Sequence[str] | None = None, skip: Sequence[str] = (),
-                  options: ExpertOptions | None = None
+                  options: ExpertOptions | None = None, *, strict: bool = False
                   ) -> tuple[list[Expert], dict[str, str]]:
     """``(experts that can run, in run order; {name: why not} for the others)``.
 
     ``only``: run just these (default: all); ``skip``: leave these out. An expert whose
     ``needs`` are not running is still run (it decides what to do without them), except
-    that the ``music`` branch needs ``tags``.
+    that the ``music`` branch needs ``tags``. ``strict``: an expert the user named or
+    configured (:func:`chosen_by_user`) that cannot run is a
+    :class:`~midashenglm.errors.UserError` (a typo in a model name must not pass silently).
     """
     options = options or ExpertOptions()
     chosen = [n for n in (only or EXPERTS) if n not in set(skip)]
@@ -111,4 +127,8 @@ def build_experts(only: Sequence[str] | None = None, skip: Sequence[str] = (),
     if "music" in running and "tags" not in running:
         ready = [e for e in ready if e.name != "music"]
         missing["music"] = "needs the tags expert, which is not running"
+    if strict:
+        refused = sorted(set(missing) & chosen_by_user(only, options))
+        if refused:
+            raise UserError("; ".join(f"expert {n} cannot run: {missing[n]}" for n in refused))
     return ready, missing

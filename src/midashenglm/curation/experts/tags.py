@@ -640,16 +640,9 @@ class DashengTagger(Expert):
             return AVAILABLE
         if not _hub_id(self.model_spec):
             return unavailable(f"tagger {self.model_spec} does not exist")
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            try:
-                from huggingface_hub import try_to_load_from_cache
-            except ImportError:
-                return unavailable("huggingface_hub is not installed")
-            cached = try_to_load_from_cache(self.model_spec, "config.json")
-            if not isinstance(cached, str):
-                return unavailable(f"tagger {self.model_spec} is not in the Hub cache and "
-                                   "HF_HUB_OFFLINE=1")
-        return AVAILABLE
+        from midashenglm.curation.experts.hub import hub_model_status
+
+        return hub_model_status(self.model_spec)
 
     def load(self) -> None:
         self._model, self._labels = load_dasheng_tagger(self.model_spec, device=self.device)

@@ -102,11 +102,22 @@ def strip_think(text: str) -> str:
     return text.strip()
 
 
+# The facts block echoed back instead of a caption (small models do): its field names, or
+# the scores it shows ("Speech (1.00)").
+_FACTS_ECHO = re.compile(r"\b(?:facts|duration|category|sound events|transcript|acoustics)\s*:|"
+                         r"\(\s*[01]\.\d\d\s*\)|\b0\.\d+\b", re.I)
+# An answer cut off by the token limit ends on a dangling word, a dash or comma, or a number.
+_CUT = re.compile(r"(?:[-–,;:]|\d|\b(?:a|an|the|and|or|of|with|to|in|on|at|while|as|by|"
+                  r"from|for|is|are))\W*$", re.I)
+
+
 def clean_caption(text: str) -> str:
     """The caption in an answer, on one line, or :class:`MalformedAnswer`.
 
     Drops a ``Caption:`` prefix and surrounding quotes; rejects empty answers, refusals,
-    JSON or lists, and captions over :data:`CAPTION_MAX_WORDS` words.
+    JSON or lists, the facts echoed back (their field names, scores or fractions), answers
+    cut off (a dangling word, dash or number at the end) and captions over
+    :data:`CAPTION_MAX_WORDS` words; a missing final full stop is added.
     """
     text = strip_think(text)
     text = re.sub(r"^\s*(?:\*\*)?caption(?:\*\*)?\s*:\s*", "", text, flags=re.I)
@@ -123,4 +134,8 @@ def clean_caption(text: str) -> str:
     words = len(text.split())
     if words > CAPTION_MAX_WORDS:
         raise MalformedAnswer(f"caption too long ({words} words, at most {CAPTION_MAX_WORDS})")
-    return text
+    if _FACTS_ECHO.search(text):
+        raise MalformedAnswer(f"the facts repeated, not a caption: {text[:80]!r}")
+    if _CUT.search(text.rstrip(".")) and not text.rstrip().endswith(("BPM.", "BPM")):
+        raise MalformedAnswer(f"cut off: {text[-80:]!r}")
+    return text if text[-1] in ".!?\"'”)" else text + "."
