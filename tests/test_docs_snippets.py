@@ -67,6 +67,8 @@ SKIP: list[tuple[str, str, str]] = [
     ("docs/vllm.md", ".venv/bin/python scripts/check_vllm.py", "needs vLLM's venv (make vllm-env); ~5 min"),
     ("docs/vllm.md", "midashenglm bench vllm --out docs/bench/vllm",
      "needs vLLM's venv (make vllm-env); ~8 min run that rewrites docs/bench/vllm"),
+    ("docs/curation.md", "midashenglm train configs/sft.yaml",
+     "paper-scale training (tests/test_training_recipes.py trains the tiny configs)"),
 ]
 
 # Long-lived servers: run with --help appended (every option name is checked, nothing starts).
@@ -78,10 +80,17 @@ OPTIONS_ONLY: list[tuple[str, str, str]] = [
      "long run (over 60 s on the 2-core development machine, although the doc says seconds)"),
     ("docs/efficiency.md", "python -m midashenglm.bench all ...",
      "long run (the same as bench all; `...` is run as --scale tiny --quick)"),
+    ("docs/curation.md", "midashenglm curate clips/ --out curated/ --writer http",
+     "needs an LLM endpoint (tests/test_curation_pipeline.py runs one that misbehaves)"),
+    ("docs/curation.md", "midashenglm curate manifest.jsonl --out curated/ --ray",
+     "starts Ray (~30 s; tests/test_curation_pipeline.py compares Ray with local)"),
+    ("docs/curation.md", "midashenglm curate shards/ --out curated/ --ray=auto",
+     "needs a running Ray cluster"),
 ]
 
 # Substitutions for single snippets: (file, prefix) -> [(old, new)], applied before the general ones.
 EXTRA: dict[tuple[str, str], list[tuple[str, str]]] = {
+    ("docs/curation.md", "midashenglm curate clips/ --out curated/"): [("clips/", "manifest.jsonl")],
     ("docs/benchmarks.md", "midashenglm benchmark --model CHECKPOINT --task TASK"): [
         ("--task TASK", "--task librispeech-test-clean"),
         ("DATASET_FOLDER_OR_MANIFEST", "manifest.jsonl"),
