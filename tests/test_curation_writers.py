@@ -576,3 +576,30 @@ def test_local_smollm2_caption_is_checked(smollm2):
     assert raw and raw == smollm2.generate(caption_messages(SPEECH_DOG), 24)  # greedy
     report = grounding.check(raw, SPEECH_DOG)
     assert set(report.unsupported) <= set(report.checked)
+
+
+class _Quoting:
+    """A writer like SmolLM2: first it answers with the transcript, then with a caption."""
+
+    name, model, settings, concurrency = "quoting", "q", {}, 1
+
+    def __init__(self) -> None:
+        self.feedback: list = []
+
+    def caption(self, facts, feedback=None):
+        self.feedback.append(feedback)
+        return (f"{facts.transcript}." if feedback is None
+                else "A man speaks in English while a dog barks.")
+
+
+def test_a_caption_that_only_quotes_the_transcript_is_refused():
+    writer = _Quoting()
+    result = write_caption(SPEECH_DOG, writer, cache=None)
+    assert result.attempts == 2 and not result.fallback
+    assert result.rejected[0]["unsupported"] == ["(only the transcript)"]
+    assert result.text == "A man speaks in English while a dog barks."
+    assert writer.feedback[1] == ["(only the transcript)"]
+    from midashenglm.curation.writers.prompts import feedback_text
+
+    assert "only repeated the transcript" in feedback_text(writer.feedback[1])
+    assert "do not support" not in feedback_text(writer.feedback[1])

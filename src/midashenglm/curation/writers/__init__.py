@@ -27,6 +27,7 @@ asks for the template text instead.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from midashenglm.curation.facts import ClipFacts
 from midashenglm.curation.grounding import GroundingReport, check
 from midashenglm.curation.qa import QAPair, check_pairs, pairs_from_json, validate_pairs
 from midashenglm.curation.writers.cache import ResponseCache, cache_key
-from midashenglm.curation.writers.prompts import PROMPT_VERSION, WriterError
+from midashenglm.curation.writers.prompts import PROMPT_VERSION, TRANSCRIPT_ONLY, WriterError
 from midashenglm.curation.writers.template import TemplateWriter
 
 __all__ = ["CaptionResult", "QAResult", "ResponseCache", "TemplateWriter", "Writer",
@@ -190,6 +191,24 @@ def _write(kind: str, facts: ClipFacts, writer: Writer, cache: ResponseCache | N
             "cached": all_cached, "grounding": judge(value), "tried": tried}
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _judge_caption(text: str, facts: ClipFacts) -> GroundingReport:
+    """The grounding check, plus: a caption that only repeats the transcript describes nothing
+    (small models answer with the transcript); it is refused like an ungrounded one."""
+    report = check(text, facts)
+    words = _words(text)
+    if facts.transcript and words:
+        spoken = set(_words(facts.transcript))
+        if sum(w in spoken for w in words) >= 0.8 * len(words):
+            return GroundingReport(ok=False, unsupported=[*report.unsupported,
+                                                          TRANSCRIPT_ONLY],
+                                   checked=report.checked)
+    return report
+
+
 def write_caption(facts: ClipFacts, writer: Writer, *, cache: ResponseCache | None = None,
                   max_attempts: int = 3, fallback_on_error: bool = False) -> CaptionResult:
     """The clip's caption: cached or asked, grounding-checked, re-asked with feedback, and
@@ -199,7 +218,7 @@ def write_caption(facts: ClipFacts, writer: Writer, *, cache: ResponseCache | No
         "caption", facts, writer, cache, max_attempts, fallback_on_error,
         ask=lambda feedback: writer.caption(facts, feedback),
         encode=lambda text: text, decode=lambda text: text,
-        judge=lambda text: check(text, facts),
+        judge=lambda text: _judge_caption(text, facts),
         fallback=lambda: TemplateWriter().caption(facts))
     return CaptionResult(text=out.pop("value"), prompt_version=PROMPT_VERSION, **out)
 

@@ -57,11 +57,21 @@ class WriterError(RuntimeError):
     retry); the message holds the last error. The pipeline records it for the clip."""
 
 
+TRANSCRIPT_ONLY = "(only the transcript)"  # the marker of a caption that only quotes the speech
+
+
 def feedback_text(unsupported: Sequence[str]) -> str:
     """The re-ask instruction naming the terms the grounding check rejected."""
-    terms = ", ".join(f'"{t}"' for t in unsupported)
-    return (f"Your previous answer mentioned {terms}, which the facts do not support. "
-            "Write it again without them, using only what the facts list.")
+    parts = []
+    terms = [t for t in unsupported if t != TRANSCRIPT_ONLY]
+    if terms:
+        listed = ", ".join(f'"{t}"' for t in terms)
+        parts.append(f"Your previous answer mentioned {listed}, which the facts do not "
+                     "support. Write it again without them, using only what the facts list.")
+    if TRANSCRIPT_ONLY in unsupported:
+        parts.append("Your previous answer only repeated the transcript. Describe the audio "
+                     "instead: who speaks, in which language, what else is heard.")
+    return " ".join(parts)
 
 
 def _user(facts: ClipFacts, ask: str, feedback: Sequence[str] | None) -> str:
