@@ -32,9 +32,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
 
-system-deps:  ## Debian tools the tests use: espeak-ng (speech), sox, chromium (web page); needs root
+# The corpus sources of `midashenglm data synth`: voices, real recorded speech, sound effects,
+# General MIDI rendering (docs/data.md).
+CORPUS_DEBS := flite fluidsynth fluid-soundfont-gm asterisk-core-sounds-en \
+	asterisk-core-sounds-en-g722 asterisk-moh-opsound-wav tuxpaint-stamps-default \
+	sound-theme-freedesktop
+
+system-deps:  ## Debian tools the tests use: espeak-ng (speech), sox, chromium (web page), corpus sources; needs root
 	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v chromium >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox chromium fonts-liberation >/dev/null; \
+	fi
+	@if ! command -v fluidsynth >/dev/null || ! command -v flite >/dev/null || [ ! -d /usr/share/tuxpaint/stamps ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CORPUS_DEBS) >/dev/null; \
 	fi
 
 # Two pytest workers with one torch thread each use both cores of the development machine

@@ -91,6 +91,8 @@ OPTIONS_ONLY: list[tuple[str, str, str]] = [
 # Substitutions for single snippets: (file, prefix) -> [(old, new)], applied before the general ones.
 EXTRA: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("docs/curation.md", "midashenglm curate clips/ --out curated/"): [("clips/", "manifest.jsonl")],
+    ("docs/data.md", "midashenglm data synth --out corpus/train"): [("--hours 20", "--clips 6")],
+    ("docs/data.md", "midashenglm data synth --out corpus/heldout"): [("--clips 600", "--clips 6")],
     ("docs/benchmarks.md", "midashenglm benchmark --model CHECKPOINT --task TASK"): [
         ("--task TASK", "--task librispeech-test-clean"),
         ("DATASET_FOLDER_OR_MANIFEST", "manifest.jsonl"),

@@ -177,7 +177,7 @@ def _options(command: list[str]) -> set[str]:
     (["run"], "inference.md"), (["serve"], "serving.md"), (["bench", "memory"], "efficiency.md"),
     (["train"], "training.md"), (["finetune"], "training.md"), (["plot"], "training.md"),
     (["probe"], "probe.md"), (["data", "pack"], "data.md"), (["data", "stats"], "data.md"),
-    (["curate"], "curation.md"),
+    (["curate"], "curation.md"), (["data", "synth"], "data.md"),
 ])
 def test_every_option_is_documented(command, doc):
     text = (ROOT / "docs" / doc).read_text()

@@ -77,6 +77,44 @@ def pack_command(
                       f"{markup_text(quote_name(out / 'skipped.jsonl'))}", highlight=False, soft_wrap=True)
 
 
+@data_app.command("synth")
+def synth_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for clips/ and manifest.jsonl "
+                                      "(a rerun continues a corpus where it stopped).")],
+    split: Annotated[str, typer.Option(
+        help="'train' or 'heldout': disjoint sentences, voices, sound files and melodies.")
+    ] = "train",
+    hours: Annotated[float | None, typer.Option(min=0.001, help="Hours of audio to make.")
+                     ] = None,
+    clips: Annotated[int | None, typer.Option(min=1, help="Or a number of clips.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus (clip i is made from seed and "
+                                      "i alone).")] = 0,
+) -> None:
+    """Make a general-audio corpus with known truth: clips of 2-12 s in the six categories
+    (pure/mixed speech, sound, music), from espeak-ng, flite and real recorded speech, sound
+    effects and DSP sounds, and MIDI music rendered with fluidsynth, with controlled
+    mixtures, reverberation, band limits, clipping and noise. The truth of every clip is in
+    manifest.jsonl (docs/data.md)."""
+    from midashenglm.data.synth.corpus import synthesize
+    from midashenglm.errors import UserError
+    from midashenglm.progress import ProgressBar
+
+    if split not in ("train", "heldout"):
+        raise UserError(f"--split {split!r}: 'train' or 'heldout'")
+    state = {"seconds": 0.0}
+
+    def advance(row: dict[str, Any]) -> None:
+        state["seconds"] += row["duration"]
+        bar.advance(row["duration"] / 3600 if hours else 1,
+                    f"{state['seconds'] / 3600:.2f} h made")
+
+    with ProgressBar(hours if hours else clips, "synthesizing" + (" (hours)" if hours else "")
+                     ) as bar:
+        manifest = synthesize(out, split=split, hours=hours, clips=clips, seed=seed,
+                              progress=advance)
+    print(quote_name(manifest))
+
+
 @data_app.command("stats")
 def stats_command(
     manifest: Annotated[Path, typer.Argument(help="Training manifest (.jsonl or .csv).")],
