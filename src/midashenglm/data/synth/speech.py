@@ -650,13 +650,19 @@ def speak_flite(text: str, voice: str, stretch: float = 1.0) -> np.ndarray:
         return load_audio(wav)
 
 
+# Odds of each language in a corpus: half English, the rest shared.
+LANGUAGE_WEIGHTS = {"en": 4.0, "de": 1.0, "fr": 1.0, "es": 1.0, "it": 1.0}
+
+
 class SpeechSource:
     """Random spoken sentences of one ``split`` in ``languages``, drawn from the available
     ``sources`` (default: every one that works here, see :func:`available_sources`).
 
     English mixes espeak-ng, Flite and Asterisk recordings (odds :data:`SOURCE_WEIGHTS`
-    among those present); the other languages use espeak-ng. Raises :class:`UserError` when
-    a language would have no source.
+    among those present); the other languages use espeak-ng. Languages are drawn with the
+    odds of :data:`LANGUAGE_WEIGHTS` (English first: its sentences, voices and real
+    recordings are the richest, and transcription is scored on it). Raises
+    :class:`UserError` when a language would have no source.
     """
 
     def __init__(
@@ -689,8 +695,9 @@ class SpeechSource:
         return [s for s in self.sources if s == "espeak-ng" or language == "en"]
 
     def sample(self, rng: np.random.Generator) -> Speech:
-        """One random utterance (language uniform over ``languages``)."""
-        language = str(rng.choice(self.languages))
+        """One random utterance (language drawn with :data:`LANGUAGE_WEIGHTS`)."""
+        weights = np.array([LANGUAGE_WEIGHTS.get(x, 1.0) for x in self.languages])
+        language = str(rng.choice(self.languages, p=weights / weights.sum()))
         names = self._sources_for(language)
         odds = np.array([SOURCE_WEIGHTS[s] for s in names])
         return self.sample_from(str(rng.choice(names, p=odds / odds.sum())), rng, language)
