@@ -140,7 +140,8 @@ def curate_command(
     rate = report.processed / report.seconds if report.seconds else 0.0
     hours = report.audio_seconds / 3600
     console.print(
-        f"{report.captioned} clip(s) curated now, {report.done_before} before, "
+        f"{report.captioned if config.writer != 'none' else report.processed - report.failed}"
+        f" clip(s) curated now, {report.done_before} before, "
         f"{report.failed} failed (errors.jsonl), {report.filtered} below the consistency "
         f"threshold; {hours:.3f} h of audio in {report.seconds:.1f} s ({rate:.2f} clips/s, "
         f"{hours * 3600 / max(report.seconds, 1e-9):.1f} s of audio per second)",
