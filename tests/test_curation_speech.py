@@ -471,6 +471,9 @@ def test_hub_defaults_unavailable_offline(monkeypatch, tmp_path):
     offline_with_empty_cache(monkeypatch, tmp_path)
     for expert in (Emotion(), Age()):
         status = expert.available()
-        assert not status and expert.model in status.reason and "HF_HUB_OFFLINE" in status.reason
+        # A default model not on disk is skipped at once (no network check, no retries).
+        assert not status and expert.model in status.reason and "not downloaded" in status.reason
+    chosen = Emotion(model="superb/wav2vec2-base-superb-er")  # named by the user: Hub checked
+    assert not chosen.available() and "HF_HUB_OFFLINE" in chosen.available().reason
     missing = Emotion(model=tmp_path / "nowhere")
     assert not missing.available() and "does not exist" in missing.available().reason

@@ -94,8 +94,16 @@ def quiet_libraries() -> None:
 
 
 # --------------------------------------------------------------------------- stage 1
+_BUILT: dict[str, tuple[list[Expert], dict[str, str]]] = {}
+
+
 def _experts(config: CurationConfig, kind: str) -> tuple[list[Expert], dict[str, str]]:
-    ready, missing = build_experts(config.experts, config.skip, config.expert_options)
+    """The experts of ``kind``, built (and their availability checked) once per process:
+    stage 1 runs per batch, and ``available()`` may look at caches or the network."""
+    key = json.dumps(config.to_json(), sort_keys=True)
+    if key not in _BUILT:
+        _BUILT[key] = build_experts(config.experts, config.skip, config.expert_options)
+    ready, missing = _BUILT[key]
     return [e for e in ready if e.kind == kind], missing
 
 
@@ -636,9 +644,11 @@ def training_samples(results: list[dict[str, Any]], out: Path) -> Iterator[Any]:
 
 def _audio_part(audio: str | dict[str, Any]) -> dict[str, Any]:
     """A result's ``audio`` (a path, or a shard part) as a chat audio part."""
+    from midashenglm.conversation import audio_part
+
     if isinstance(audio, dict):
         return {"type": "audio", **audio}
-    return {"type": "audio", "path": str(Path(audio).resolve())}
+    return audio_part(str(Path(audio).resolve()))
 
 
 def _chat(part: dict[str, Any], prompt: str, answer: str) -> list[dict[str, Any]]:

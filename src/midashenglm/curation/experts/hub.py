@@ -134,14 +134,13 @@ class AudioClassifier(Reloadable, Expert):
         ok = need_modules("transformers", "torch")
         if not ok:
             return ok
-        status = hub_model_status(self.model)
-        if status and not self._chosen and not _cached_or_local(self.model):
+        if not self._chosen and not _cached_or_local(self.model):
             # The default model is only used once it is on disk: a run never stalls on
             # download retries for an expert the user did not ask for.
             return unavailable(
                 f"default model {self.model!r} is not downloaded: pass "
                 f"--{self.name}-model {self.model} to download and use it")
-        return status
+        return hub_model_status(self.model)
 
     def load(self) -> None:
         if self._pipe is not None:
