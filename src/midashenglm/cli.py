@@ -29,6 +29,7 @@ err_console = stderr_console()
 # the modules import their heavy dependencies inside the commands, so --help stays fast.
 COMMAND_MODULES = [
     "midashenglm.commands",  # info, init: the model itself
+    "midashenglm.default_model.commands",  # default-model pack/path/info: the shipped model
     "midashenglm.inference.commands",
     "midashenglm.serve.commands",
     "midashenglm.evaluation.commands",

@@ -1,7 +1,8 @@
 """Command-line options shared by several commands, declared once.
 
 Each command module takes its model, device, dtype and engine-budget options from here,
-so every command spells and explains them the same way; :func:`engine_config` turns the
+so every command spells and explains them the same way; :func:`model_or_default` gives
+the shipped default model when ``--model`` is absent; :func:`engine_config` turns the
 budget options into the engine's :class:`~midashenglm.inference.config.EngineConfig`.
 """
 
@@ -11,12 +12,14 @@ from typing import Annotated
 
 import typer
 
-from midashenglm.errors import UserError
+from midashenglm.errors import UserError, stderr_console
 from midashenglm.inference.config import EngineConfig
 
 ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", envvar="MIDASHENGLM_MODEL", show_default=False,
-    help="Checkpoint folder or Hub id (also read from $MIDASHENGLM_MODEL).")]
+    help="Checkpoint folder or Hub id (also read from $MIDASHENGLM_MODEL). Default: the default "
+    "model shipped in the package, assembled into the cache at first use (midashenglm "
+    "default-model info).")]
 DeviceOption = Annotated[str, typer.Option(
     help="cpu, cuda, cuda:1, mps, or auto (the first GPU, else the CPU).")]
 DtypeOption = Annotated[str, typer.Option(
@@ -34,6 +37,24 @@ MaxKVCacheOption = Annotated[int, typer.Option(
     "--max-kv-cache-tokens", "--max-batch-tokens",
     help="Engine budget: KV-cache slots of the running batch, rows x (widest prompt + longest "
     "answer still to come).")]
+
+
+def model_or_default(model: str | None) -> str:
+    """The model a command loads: ``--model`` (or ``$MIDASHENGLM_MODEL``) as given, else the
+    shipped default model's folder, assembled at first use
+    (:func:`midashenglm.default_model.path`), announced with one line on stderr.
+
+    Raises :class:`UserError` when no default model is shipped or it cannot be assembled.
+    """
+    if model is not None:
+        return model
+    from midashenglm import default_model
+
+    data = default_model.manifest()
+    folder = default_model.path(verbose=True)
+    stderr_console().print(f"using the default model ({default_model.describe(data)}, {folder}); "
+                           "--model chooses another", highlight=False, markup=False)
+    return str(folder)
 
 
 def engine_config(max_num_seqs: int = _DEFAULTS.max_num_seqs,

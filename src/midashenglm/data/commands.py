@@ -115,6 +115,48 @@ def synth_command(
     print(quote_name(manifest))
 
 
+@data_app.command("tasks")
+def tasks_command(
+    corpora: Annotated[list[Path], typer.Argument(
+        help="Corpus folders of `midashenglm data synth` (or their manifest.jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .jsonl file to write (audio "
+                                      "paths relative to its folder).")],
+    tasks: Annotated[str | None, typer.Option(
+        help="Comma-separated tasks (default: all): transcription, gender, language, sound, "
+        "instrument, instrument-family, tempo, key, category, reverberant, band-limited, "
+        "clipped, noisy.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="'train': training-manifest rows; "
+                                     "'eval': rows for `midashenglm run` + `evaluate`.")] = "train",
+    per_clip: Annotated[int | None, typer.Option(
+        min=1, help="At most N items per clip, drawn at random (default: every task the "
+        "truth defines).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --per-clip draw.")] = 0,
+) -> None:
+    """Turn the known truth of synth corpora into questions with their answers: training
+    samples (--format train) or evaluation items (--format eval), one fixed prompt per task
+    (docs/data.md). Prints the items per task."""
+    from collections import Counter
+
+    from rich.console import Console
+
+    from midashenglm.data.synth.tasks import FORMATS, TASKS, corpus_items, select_tasks, write_items
+    from midashenglm.errors import UserError
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose {' or '.join(FORMATS)}")
+    items = corpus_items(corpora, select_tasks(tasks), per_clip=per_clip, seed=seed)
+    if not items:
+        raise UserError("no items: the corpora hold no clip that the chosen tasks can ask about")
+    path = write_items(items, out, fmt)
+    counts = Counter(item.task for item in items)
+    rows = [(markup_text(name), TASKS[name].metric, f"{counts[name]:,}") for name in TASKS
+            if counts[name]]
+    rows.append(("all", "", f"{len(items):,}"))
+    console = Console(stderr=True)
+    console.print(_table(f"{fmt} items", ("task", "metric", "items"), rows))
+    console.print(f"wrote {markup_text(quote_name(path))}", highlight=False)
+
+
 @data_app.command("stats")
 def stats_command(
     manifest: Annotated[Path, typer.Argument(help="Training manifest (.jsonl or .csv).")],

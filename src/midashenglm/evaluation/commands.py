@@ -14,7 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from midashenglm import jsonl
-from midashenglm.cli_options import DeviceOption, DtypeOption, MaxNumSeqsOption, ModelOption
+from midashenglm.cli_options import (
+    DeviceOption,
+    DtypeOption,
+    MaxNumSeqsOption,
+    ModelOption,
+    model_or_default,
+)
 from midashenglm.errors import UserError
 from midashenglm.evaluation import tasks as T
 from midashenglm.terminal import markup_text, printable_text, quote_name
@@ -232,12 +238,13 @@ def _register_benchmark(app: typer.Typer) -> None:
             # Wide enough for whole names and prompts, also when piped.
             Console(width=max(console.width, 150)).print(_task_table())
             return
-        if model is None or data is None:
-            raise UserError("--model and --data are required (or pass --task list)")
+        if data is None:
+            raise UserError("--data is required (or pass --task list)")
         chosen = T.get_task(task)  # an unknown task or data path fails before the model loads
         if not Path(data).expanduser().exists():
             raise UserError(f"--data {quote_name(data)}: no such file or folder")
         options = _parse_options(option)
+        model = model_or_default(model)  # without --model: the shipped default model
         with console.status(f"loading {markup_text(quote_name(model))}"):
             engine = make_engine(model, device=device, dtype=dtype, batch_size=max_num_seqs)
         summary = run_benchmark(

@@ -24,6 +24,7 @@ from midashenglm.cli_options import (
     MaxNumSeqsOption,
     ModelOption,
     engine_config,
+    model_or_default,
 )
 from midashenglm.conversation import DEFAULT_SYSTEM_PROMPT, build_conversation
 from midashenglm.errors import UserError, stderr_console
@@ -38,6 +39,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CAPTION_PROMPT = "Write an audio caption describing the sound"
 TRANSCRIBE_PROMPT = "Transcribe the speech into text <|{lang}|>"
+
+
+def transcribe_prompt(lang: str) -> str:
+    """The ``transcribe`` prompt for speech in ``lang`` (a tag such as ``en``; ``<|en|>`` works too)."""
+    return TRANSCRIBE_PROMPT.format(lang=lang.strip().strip("<|>"))
+
 
 MaxNewOption = Annotated[int, typer.Option(help="Most tokens to generate per answer.")]
 TemperatureOption = Annotated[float | None, typer.Option(
@@ -121,7 +128,7 @@ def transcribe(
     as_json: JsonOption = False,
 ) -> None:
     """Transcribe speech (the paper's ASR prompt with a language tag), one line per file."""
-    prompt = TRANSCRIBE_PROMPT.format(lang=lang.strip().strip("<|>"))
+    prompt = transcribe_prompt(lang)
     _answer([(f, prompt) for f in files], labels=[quote_name(f) for f in files], **_common(locals()))
 
 
@@ -214,8 +221,6 @@ def run(
     """
     from midashenglm.inference.manifest import ResultWriter, read_manifest
 
-    if endpoint is None and model is None:
-        raise UserError("pass --model (a checkpoint folder or Hub id) or --endpoint URL")
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
     if not 0.0 <= max_error_rate <= 1.0:
@@ -479,8 +484,7 @@ def _params(given: dict[str, Any], generation_config: Any) -> SamplingParams:
 
 
 def _engine(model: str | None, device: str, dtype: str, config: EngineConfig) -> Engine:
-    if model is None:
-        raise UserError("pass --model (a checkpoint folder or Hub id) or set MIDASHENGLM_MODEL")
+    model = model_or_default(model)  # without --model: the shipped default model
     from midashenglm.inference.engine import Engine
 
     with _stderr().status(f"loading {markup_text(quote_name(model))}"):

@@ -15,6 +15,8 @@ from transformers import AutoConfig, PretrainedConfig
 # Encoder sizes (SYSTEM.md section 3). "tiny" exists for tests and CPU smoke runs.
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"embed_dim": 64, "depth": 2, "num_heads": 4},
+    # The encoder of the shipped default model (docs/default-model.md): trains on a CPU.
+    "small": {"embed_dim": 256, "depth": 6, "num_heads": 4},
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "0.6B": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
     "1.2B": {"embed_dim": 1536, "depth": 40, "num_heads": 24},

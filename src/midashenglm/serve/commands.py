@@ -14,7 +14,9 @@ from midashenglm.cli_options import (
     MaxBatchAudioOption,
     MaxKVCacheOption,
     MaxNumSeqsOption,
+    ModelOption,
     engine_config,
+    model_or_default,
 )
 from midashenglm.errors import UserError, stderr_console
 from midashenglm.inference.config import EngineConfig
@@ -29,14 +31,14 @@ _ENGINE_DEFAULTS = EngineConfig()
 
 
 def serve(
-    model: Annotated[str, typer.Option("--model", help="Checkpoint folder (or a Hub id in the local cache).")],
+    model: ModelOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on. Without --api-key the API has "
                                            "no authentication: keep the default loopback address "
                                            "unless a proxy in front of it checks who calls.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     served_model_name: Annotated[str | None, typer.Option(
         help="The name clients pass as `model` and see in responses. Default: the checkpoint "
-             "folder name (or the Hub id).")] = None,
+             "folder name (or the Hub id); midashenglm-default for the default model.")] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar=API_KEY_ENV, show_default=False, show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every /v1 route (401 otherwise); /health "
@@ -123,6 +125,7 @@ def serve(
 
     from midashenglm.inference import Engine
 
+    model = model_or_default(model)  # without --model: the shipped default model (assembled once)
     with console.status(f"loading {model}"):
         engine = Engine.from_pretrained(model, device=device, dtype=dtype, config=budgets)
     app = create_app(engine, config, close_engine=True)
@@ -136,7 +139,11 @@ def serve(
                 http=deadline_protocol(header_timeout))
 
 
-def _default_name(model: str) -> str:
+def _default_name(model: str | None) -> str:
+    if model is None:
+        from midashenglm.default_model import NAME
+
+        return NAME  # the default model's folder name
     path = Path(model).expanduser()
     return path.resolve().name if path.is_dir() else model
 

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    config: Annotated[Path, typer.Argument(help="A recipe YAML (configs/align.yaml, pretrain.yaml, sft.yaml).")],
+    config: Annotated[Path, typer.Argument(help="A recipe YAML (configs/align.yaml, pretrain.yaml, sft.yaml, default/mae.yaml).")],
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Settings to change, as key=value (YAML values): optimizer.lr=3e-5 training.max_steps=100.",
         show_default=False)] = None,
@@ -47,11 +47,19 @@ def train(
 
     cfg = load_config(config, overrides or [], need_data=not dry_run)
     if dry_run:
+        if cfg.recipe == "mae":
+            raise UserError("--dry-run estimates the chat stages (align, pretrain, sft); recipe mae trains "
+                            "the encoder alone and prints its parameters when it starts")
         if gpus < 1 or gpu_memory <= 0:
             raise UserError("--gpus must be >= 1 and --gpu-memory > 0")
         from midashenglm.training.dry_run import print_dry_run
 
         print_dry_run(cfg, gpus=gpus, gpu_memory_gib=gpu_memory)
+        return
+    if cfg.recipe == "mae":
+        from midashenglm.training.recipes.mae import MAERecipe
+
+        MAERecipe(cfg, resume=resume, progress=progress).run()
         return
     from midashenglm.training.recipe import Recipe
 

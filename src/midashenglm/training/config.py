@@ -19,7 +19,7 @@ from typing import Any
 
 from midashenglm.errors import UserError
 
-STAGES = ("align", "pretrain", "sft")
+STAGES = ("align", "pretrain", "sft", "mae")
 
 
 @dataclass
@@ -108,6 +108,18 @@ class ValidationConfig:
 
 
 @dataclass
+class MAESettings:
+    """``mae:`` of ``recipe: mae`` (masked-autoencoder pretraining of the encoder, recipes/mae.py)."""
+
+    mask_ratio: float = 0.75  # share of each clip's patches hidden from the encoder
+    decoder_dim: int = 128  # the small transformer that reconstructs them (discarded)
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    clip_seconds: float = 10.0  # random crop per clip (at most one 10.08 s encoder window)
+    batch_size: int = 16  # clips per micro-batch
+
+
+@dataclass
 class RecipeConfig:
     recipe: str = ""
     output_dir: str = ""
@@ -115,6 +127,7 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainable: list[str] = field(default_factory=list)  # full-weight components: audio_encoder, audio_projector, decoder
     lora: LoraSettings | None = None
+    mae: MAESettings | None = None  # recipe mae only
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -316,6 +329,15 @@ def _check(config: RecipeConfig, where: str, *, need_data: bool = True) -> None:
     need(config.checkpoint.keep_last > 0, "checkpoint.keep_last must be > 0")
     need(config.data.length_aware or bool(config.data.batch_size),
          "data.batch_size is required when data.length_aware is false")
+    need(config.mae is None or config.recipe == "mae", "the mae section belongs to recipe mae only")
+    if config.mae is not None:
+        mae = config.mae
+        need(0 < mae.mask_ratio < 1, "mae.mask_ratio must be in (0, 1)")
+        need(mae.decoder_dim > 0 and mae.decoder_depth > 0 and mae.decoder_heads > 0
+             and mae.decoder_dim % mae.decoder_heads == 0,
+             "mae.decoder_dim, decoder_depth, decoder_heads must be > 0, decoder_dim a multiple of decoder_heads")
+        need(0.2 <= mae.clip_seconds <= 10.08, "mae.clip_seconds must be in [0.2, 10.08] (one encoder window)")
+        need(mae.batch_size > 0, "mae.batch_size must be > 0")
     if config.lora is not None:
         need(config.lora.r > 0, "lora.r must be > 0")
         need(0 <= config.lora.dropout < 1, "lora.dropout must be in [0, 1)")
