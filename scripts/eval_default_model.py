@@ -316,6 +316,17 @@ def write_report(out: Path, table: list[dict[str, Any]], meta: dict[str, Any]) -
     return path
 
 
+def model_version(model: str) -> str | None:
+    """The default model's version when ``model`` is its assembled folder (else None)."""
+    try:
+        from midashenglm import default_model
+
+        data = default_model.manifest()
+        return data["version"] if Path(model).resolve() == default_model.path(verbose=False).resolve() else None
+    except Exception:  # not the default model, or none shipped: the report names the folder
+        return None
+
+
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -341,10 +352,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        model = args.model or default_model()
+        # What can be checked in a moment is checked before the model loads and answers.
+        if args.limit is not None and args.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {args.limit}")
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out} is a file: give a folder for the report")
+        args.out.mkdir(parents=True, exist_ok=True)
         items = limited(corpus_items([args.corpus]), args.limit)
         captions = curated_captions(args.captions) if args.captions else {}
-    except UserError as err:
+        model = args.model or default_model()
+        if args.model and not Path(args.model).is_dir():
+            raise UserError(f"--model {args.model}: no such checkpoint folder")
+    except (UserError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     clips = {i.clip: i.audio for i in items}
@@ -368,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
                           "metric": "similarity (MiniLM cosine)", "model": caption_scores["model"],
                           "reference": caption_scores["reference"],
                           "reference_name": "next clip's curated caption", "lower_is_better": False})
-    args.out.mkdir(parents=True, exist_ok=True)
     by_id = {i.id: i for i in items}
     with (args.out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
         for (job_id, audio, prompt, _), text, error in zip(jobs, texts, errors, strict=True):
@@ -383,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             if not item:
                 row["similarity"] = caption_scores.get("per_clip", {}).get(job_id.rsplit(":", 1)[0])
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    meta = {"model": model, "corpus": str(args.corpus), "items": len(items), "clips": len(clips),
+    meta = {"model": model, "version": model_version(model), "corpus": str(args.corpus), "items": len(items), "clips": len(clips),
             "answer_seconds": seconds, "device": args.device, "whisper_error": whisper_error,
             "errors": sum(e is not None for e in errors), "limit": args.limit,
             "date": time.strftime("%Y-%m-%d %H:%M")}

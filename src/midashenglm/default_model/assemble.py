@@ -300,7 +300,12 @@ def _locked(path: Path, console: Any) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: the rename alone keeps folders whole
         yield
         return
-    with open(path, "a+b") as fh:
+    try:
+        fh = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as err:
+        raise UserError(f"cannot create the default model's cache lock {path} ({err.strerror}); set "
+                        "MIDASHENGLM_CACHE to a writable folder") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -31,6 +31,10 @@ def shipped_dir() -> Path:
     return Path(override).expanduser() if override else PACKAGE_DIR
 
 
+# What assembly and `default-model info` read from default_model.json (pack writes them all).
+REQUIRED_KEYS = ("version", "weights", "base_decoder", "config", "added_tokens", "lora", "dtype")
+
+
 def manifest(folder: Path | None = None) -> dict[str, Any]:
     """The parsed ``default_model.json`` of ``folder`` (default: :func:`shipped_dir`).
 
@@ -50,6 +54,10 @@ def manifest(folder: Path | None = None) -> dict[str, Any]:
         raise UserError(f"{file}: cannot be read ({err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{file}: not a {FORMAT} manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise UserError(f"{file}: not a complete manifest (no {', '.join(missing)}): pack the model again "
+                        "with midashenglm default-model pack")
     return data
 
 
