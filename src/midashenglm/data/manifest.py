@@ -115,6 +115,42 @@ def read_training_manifest(path: str | os.PathLike, *, measure_missing: bool = T
     return samples
 
 
+def read_audio_parts(path: str | os.PathLike) -> list[tuple[dict[str, Any], str]]:
+    """Every audio part of a manifest, answers or not: ``(part, "file:line")`` in order.
+
+    Reads training manifests (flat or ``messages`` rows) and corpus manifests of
+    ``midashenglm data synth`` (rows with ``audio`` and no answer) alike: what audio-only
+    stages (the encoder's MAE pretraining) read. A part is ``{"path": ...}`` or a shard
+    member, as in :class:`TrainingSample`. Raises :class:`UserError` for a missing file, a
+    row without audio, or a manifest without any.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such manifest file")
+    rows = _csv_rows(path, ",") if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+    base, parts = path.absolute().parent, []
+    for line, row in rows:
+        where = f"{path}:{line}"
+
+        def fail(field: str, problem: str, where: str = where) -> UserError:
+            return UserError(f"{where}: field {field!r}: {problem}")
+
+        if isinstance(row.get("messages"), list):
+            found = [_part(p, fail, "messages", base, "user") for m in row["messages"] if isinstance(m, dict)
+                     and isinstance(m.get("content"), list) for p in m["content"]
+                     if isinstance(p, dict) and p.get("type") == "audio"]
+        else:
+            audio = row.get("audio")
+            paths = audio if isinstance(audio, list) else [audio]
+            if not paths or not all(isinstance(p, str) and p for p in paths):
+                raise fail("audio", "needs a path (or a list of paths)")
+            found = [{"path": _resolve(p, base)} for p in paths]
+        parts.extend((part, where) for part in found)
+    if not parts:
+        raise UserError(f"{path}: the manifest holds no audio")
+    return parts
+
+
 def measure_duration(sample: TrainingSample) -> float | None:
     """Seconds of audio in ``sample``: each part's ``duration`` or its file header's length;
     ``None`` when a clip cannot be read."""

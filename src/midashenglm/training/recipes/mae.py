@@ -137,33 +137,9 @@ class Clip:
 
 def read_clips(manifest: str) -> list[Clip]:
     """Every audio clip of a training or corpus manifest (JSONL or CSV), in order."""
-    from midashenglm.data.manifest import _csv_rows, _jsonl_rows, _part, _resolve
+    from midashenglm.data.manifest import read_audio_parts
 
-    path = Path(manifest)
-    if not path.is_file():
-        raise UserError(f"{path}: no such manifest file")
-    rows = _csv_rows(path, ",") if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-    base, clips = path.absolute().parent, []
-    for line, row in rows:
-        where = f"{path}:{line}"
-
-        def fail(field: str, problem: str, where: str = where) -> UserError:
-            return UserError(f"{where}: field {field!r}: {problem}")
-
-        if isinstance(row.get("messages"), list):
-            parts = [_part(p, fail, "messages", base, "user") for m in row["messages"] if isinstance(m, dict)
-                     and isinstance(m.get("content"), list) for p in m["content"]
-                     if isinstance(p, dict) and p.get("type") == "audio"]
-        else:
-            audio = row.get("audio")
-            paths = audio if isinstance(audio, list) else [audio]
-            if not paths or not all(isinstance(p, str) and p for p in paths):
-                raise fail("audio", "needs a path (or a list of paths)")
-            parts = [{"path": _resolve(p, base)} for p in paths]
-        clips.extend(Clip(part, where) for part in parts)
-    if not clips:
-        raise UserError(f"{path}: the manifest holds no audio")
-    return clips
+    return [Clip(part, where) for part, where in read_audio_parts(manifest)]
 
 
 class MAERecipe:
